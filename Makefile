@@ -1,0 +1,32 @@
+# `make demo`: set up and run the main job.  `make test`: set up and run the tests.
+# Everything installs into a project-local virtual environment, .venv/.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch on this kind of machine; override with `make TORCH=torch==2.5.1 ...`.
+TORCH ?= torch==2.13.0
+# MNIST is read from $MINISD_DATA; next to this checkout, ../shared/data holds it.
+ifeq ($(MINISD_DATA),)
+  ifneq ($(wildcard ../shared/data/mnist),)
+    export MINISD_DATA := $(abspath ../shared/data)
+  endif
+endif
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/minisd demo --out outputs/demo --overwrite
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) outputs runs .pytest_cache

@@ -1,0 +1,217 @@
+"""The ``minisd`` command: train, sample, eval, figures, demo.
+
+Every sub-command maps onto one library call; run ``minisd COMMAND --help`` for its options.
+User mistakes (bad arguments, missing data, an existing output) print one line and exit with
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from minisd.errors import MinisdError
+
+RUNS_DIR = Path("runs")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    if data:
+        parser.add_argument("--data-dir", help="folder holding mnist/ and fashion-mnist/ IDX files "
+                                               "(default: $MINISD_DATA, else a download cache)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from minisd.train import load_run_config, train_from_config
+
+    config = load_run_config(args.config, args.set)
+    out = Path(args.out) if args.out else RUNS_DIR / Path(args.config).stem
+    result = train_from_config(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
+                               device=args.device, progress=not args.no_progress)
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items())
+    print(f"trained {result['step']} steps in {result['seconds']:.0f} s; test: {summary}")
+    print(f"checkpoint: {out / 'checkpoint'}   metrics: {out / 'metrics.jsonl'}")
+
+
+def _load(args: argparse.Namespace):
+    import minisd
+    from minisd.train.loop import resolve_device
+
+    return minisd.load(args.checkpoint, ema=not args.raw_weights, device=resolve_device(args.device))
+
+
+def _run_dir(checkpoint: str) -> Path:
+    path = Path(checkpoint)
+    return path.parent if path.name == "checkpoint" else path
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from minisd.images import check_writable, save_image_grid
+
+    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "samples" / f"seed{args.seed}.png"
+    check_writable(out, args.overwrite)  # before the work, not after
+    model = _load(args)
+    if not model.can_sample:
+        raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
+    images = model.sample(args.n, generator=torch.Generator(model.device).manual_seed(args.seed))
+    print(save_image_grid(images, out, overwrite=args.overwrite))
+
+
+def _evaluation_set(config: dict, split: str, data_dir: str | None):
+    """The evaluation images exactly as training evaluated them (binarised once, with seed 0, if the run binarised)."""
+    from minisd.data import binarized_once, load_dataset
+
+    dataset = load_dataset(config["data"]["dataset"], split, data_dir=data_dir)
+    return binarized_once(dataset) if config["data"].get("binarize") else dataset
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from minisd.eval import evaluate_likelihood
+    from minisd.train.checkpoint import read_checkpoint_config
+
+    config = read_checkpoint_config(args.checkpoint)
+    if args.json:
+        from minisd.images import check_writable
+
+        check_writable(args.json, args.overwrite)
+    model = _load(args)
+    if not hasattr(model, "nll"):
+        raise MinisdError(f"a {model.model_type} has no likelihood to evaluate")
+    images = _evaluation_set(config, args.split, args.data_dir).images[:args.limit]
+    results = {"checkpoint": str(args.checkpoint), "dataset": config["data"]["dataset"], "split": args.split,
+               "binarized": bool(config["data"].get("binarize")), "step": config["step"]}
+    elbo = evaluate_likelihood(model, images, num_samples=1, batch_size=args.batch_size, seed=args.seed)
+    results["elbo_nats"] = -elbo["nll_nats"]
+    results["elbo_bits_per_dim"] = -elbo["bits_per_dim"]
+    print(f"{args.split} ELBO: {results['elbo_nats']:.2f} nats per image "
+          f"({-results['elbo_bits_per_dim']:.4f} bits/dim as an NLL bound), {len(images)} images")
+    if args.num_samples > 1:
+        iwae = evaluate_likelihood(model, images, num_samples=args.num_samples, batch_size=args.batch_size,
+                                   seed=args.seed, progress=not args.no_progress)
+        results[f"log_likelihood_iwae_k{args.num_samples}_nats"] = -iwae["nll_nats"]
+        results["nll_bits_per_dim"] = iwae["bits_per_dim"]
+        print(f"{args.split} log p(x) >= {-iwae['nll_nats']:.2f} nats per image "
+              f"(importance-weighted, K = {args.num_samples}); NLL {iwae['bits_per_dim']:.4f} bits/dim")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    if args.chapter == "probability":
+        from minisd.figures.probability import make_probability_figures
+
+        out = Path(args.out or "figures/probability")
+        paths = make_probability_figures(out, seed=args.seed)
+    else:
+        if not args.checkpoint:
+            raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")
+        from minisd.figures.vae import make_vae_figures
+        from minisd.train.checkpoint import read_checkpoint_config
+
+        config = read_checkpoint_config(args.checkpoint)
+        dataset = _evaluation_set(config, "test", args.data_dir)
+        out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "figures"
+        paths = make_vae_figures(_load(args), dataset, out, metrics_path=_run_dir(args.checkpoint) / "metrics.jsonl",
+                                 seed=args.seed, overwrite=args.overwrite)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from minisd.demo import run_demo
+
+    run_demo(Path(args.out), data_dir=args.data_dir, overwrite=args.overwrite, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from minisd.train.config import list_presets
+    from minisd.version import __version__
+
+    parser = argparse.ArgumentParser(prog="minisd", description="Stable Diffusion built from first principles.")
+    parser.add_argument("--version", action="version", version=f"minisd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model from a preset or TOML config",
+                                description=f"Train a model. Presets: {', '.join(list_presets())}.")
+    train.add_argument("--config", required=True, help="preset name or path to a TOML file")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set train.steps=500 --set data.dataset=digits")
+    train.add_argument("--out", help="run folder (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_common(train)
+    train.set_defaults(func=cmd_train)
+
+    def checkpoint_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("checkpoint", help="checkpoint folder, or the run folder holding it")
+        sub.add_argument("--raw-weights", action="store_true", help="use the last step's weights instead of the EMA")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        return sub
+
+    sample = checkpoint_command("sample", "draw samples from a trained model and write a PNG grid")
+    sample.add_argument("--n", type=_positive_int, default=64, help="number of images")
+    sample.add_argument("--out", help="PNG path (default: <run>/samples/seed<SEED>.png)")
+    _add_common(sample, data=False)
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate = checkpoint_command("eval", "ELBO and importance-weighted log-likelihood on a data split")
+    evaluate.add_argument("--split", choices=["train", "test"], default="test")
+    evaluate.add_argument("--num-samples", "-k", type=_positive_int, default=1000,
+                          help="importance samples K for the IWAE bound (1: ELBO only)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=100)
+    evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
+    evaluate.add_argument("--json", help="also write the results to this JSON file")
+    evaluate.add_argument("--no-progress", action="store_true")
+    _add_common(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
+    figures = commands.add_parser("figures", help="write a chapter's figures",
+                                  description="Write a chapter's figures as PNG files.")
+    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder"])
+    figures.add_argument("checkpoint", nargs="?", help="trained model (for vae / autoencoder)")
+    figures.add_argument("--out", help="folder for the PNG files")
+    figures.add_argument("--seed", type=int, default=0)
+    figures.add_argument("--raw-weights", action="store_true")
+    figures.add_argument("--overwrite", action="store_true")
+    _add_common(figures)
+    figures.set_defaults(func=cmd_figures)
+
+    demo = commands.add_parser("demo", help="train the path's 2-d VAE (MNIST, else built-in digits) and draw its figures")
+    demo.add_argument("--out", default="outputs/demo")
+    demo.add_argument("--overwrite", action="store_true")
+    _add_common(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MinisdError as err:
+        print(f"minisd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minisd: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Datasets: MNIST, Fashion-MNIST (verified IDX files, downloaded if missing) and scikit-learn's 8x8 digits.
+
+    ds = load_dataset("mnist", "train")   # ds.images (60000, 1, 28, 28) float32 in [0, 1], ds.labels (60000,) int64
+    x = binarize(ds.images[:64])          # Bernoulli samples of the pixel intensities
+
+Files are looked up under resolve_data_dir(): an explicit data_dir, else $MINISD_DATA, else the cache folder.
+"""
+
+from minisd.data.dataset import DATASETS, SPLITS, ImageDataset, binarize, binarized_once, load_dataset
+from minisd.data.idx import resolve_data_dir
+
+__all__ = ["DATASETS", "SPLITS", "ImageDataset", "binarize", "binarized_once", "load_dataset", "resolve_data_dir"]

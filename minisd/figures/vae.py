@@ -1,0 +1,149 @@
+"""Figures of the chapter "Autoencoder and VAE": reconstructions, the latent space, the latent manifold, samples."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from minisd.data import ImageDataset  # noqa: E402
+from minisd.images import check_writable, make_grid  # noqa: E402
+from minisd.models import Autoencoder, Model  # noqa: E402
+
+
+def _codes(model: Model, images: torch.Tensor) -> torch.Tensor:
+    """Where each image lands in latent space: the autoencoder's code, or the mean of the VAE's q(z|x)."""
+    encoded = model.encode(images)
+    return encoded if isinstance(model, Autoencoder) else encoded[0]
+
+
+def _reconstruct(model: Model, images: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(model.decode(_codes(model, images)))
+
+
+def _show_grid(ax: plt.Axes, images: torch.Tensor, nrow: int) -> None:
+    grid = make_grid(images.cpu().clamp(0, 1), nrow)
+    ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def reconstructions_figure(model: Model, images: torch.Tensor, path: Path, count: int = 16) -> Path:
+    """Test images (top) and their reconstructions through the latent bottleneck (bottom)."""
+    fig, axes = plt.subplots(2, 1, figsize=(count * 0.6, 1.6))
+    _show_grid(axes[0], images[:count], count)
+    _show_grid(axes[1], _reconstruct(model, images[:count]), count)
+    axes[0].set_ylabel("data", rotation=0, ha="right", va="center")
+    axes[1].set_ylabel("reconstruction", rotation=0, ha="right", va="center")
+    fig.suptitle(f"{model.model_type}: reconstructions through a {model.latent_dim}-d latent")
+    return _save(fig, path)
+
+
+def latent_space_figure(model: Model, dataset: ImageDataset, path: Path, count: int = 5000) -> Path:
+    """The test set's latent codes, coloured by class (first two principal axes if the latent has more than 2)."""
+    codes = _codes(model, dataset.images[:count].to(model.device)).cpu()
+    title = f"{model.model_type}: latent codes of {len(codes)} test images"
+    if codes.shape[1] > 2:
+        centred = codes - codes.mean(0)
+        codes = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+        title += " (first two principal axes)"
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    points = ax.scatter(codes[:, 0], codes[:, 1], c=dataset.labels[:count], cmap="tab10", s=3, alpha=0.7,
+                        vmin=-0.5, vmax=len(dataset.classes) - 0.5)
+    colorbar = fig.colorbar(points, ax=ax, ticks=range(len(dataset.classes)))
+    colorbar.ax.set_yticklabels(dataset.classes)
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def latent_manifold_figure(model: Model, dataset: ImageDataset, path: Path, side: int = 20) -> Path:
+    """Decoded images over a grid of the 2-d latent plane.
+
+    For the VAE the grid sits at evenly spaced quantiles of the N(0, 1) prior (Kingma &
+    Welling 2014, fig. 4), so it covers where the prior puts its mass; for the autoencoder,
+    which has no prior, it spans the range of the test codes.
+    """
+    if isinstance(model, Autoencoder):
+        codes = _codes(model, dataset.images[:2000].to(model.device))
+        low, high = codes.min(0).values, codes.max(0).values
+        axes_values = [torch.linspace(low[i].item(), high[i].item(), side) for i in range(2)]
+    else:
+        quantiles = torch.linspace(0.05, 0.95, side)
+        axes_values = [torch.special.ndtri(quantiles)] * 2
+    z0, z1 = torch.meshgrid(axes_values[0], axes_values[1].flip(0), indexing="xy")
+    latents = torch.stack([z0.flatten(), z1.flatten()], dim=1).to(model.device)
+    fig, ax = plt.subplots(figsize=(8, 8))
+    _show_grid(ax, torch.sigmoid(model.decode(latents)), side)
+    ax.set_title(f"{model.model_type}: images decoded over the 2-d latent plane")
+    return _save(fig, path)
+
+
+def samples_figure(model: Model, path: Path, count: int = 64, seed: int = 0) -> Path:
+    """Images decoded from z ~ N(0, I): what the VAE generates."""
+    samples = model.sample(count, generator=torch.Generator(model.device).manual_seed(seed))
+    fig, ax = plt.subplots(figsize=(6, 6))
+    _show_grid(ax, samples, int(math.sqrt(count)))
+    ax.set_title(f"{model.model_type}: samples from the prior (seed {seed})")
+    return _save(fig, path)
+
+
+def training_curve_figure(metrics_path: Path, path: Path) -> Path:
+    """Training loss and evaluation loss over steps, from a run's ``metrics.jsonl``."""
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(*zip(*train), label="train (batch)", lw=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="test (EMA weights)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per image)")
+    ax.set_ylim(top=min(max(v for _, v in train), 2 * train[-1][1]))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title("training curve")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def make_vae_figures(model: Model, dataset: ImageDataset, out_dir: str | os.PathLike, *,
+                     metrics_path: str | os.PathLike | None = None, seed: int = 0,
+                     overwrite: bool = False) -> dict[str, Path]:
+    """Write every figure of the chapter for ``model`` (autoencoder or VAE) on ``dataset``'s images.
+
+    Returns ``{figure name: path}``. The manifold figure needs a 2-d latent; samples need a VAE.
+    """
+    out_dir = Path(out_dir)
+    model.eval()
+    wanted = ["reconstructions", "latent_space"]
+    if model.latent_dim == 2:
+        wanted.append("latent_manifold")
+    if model.can_sample:
+        wanted.append("samples")
+    if metrics_path is not None and Path(metrics_path).is_file():
+        wanted.append("training_curve")
+    paths = {name: check_writable(out_dir / f"{name}.png", overwrite) for name in wanted}
+    images = dataset.images[:16].to(model.device)
+    makers = {
+        "reconstructions": lambda p: reconstructions_figure(model, images, p),
+        "latent_space": lambda p: latent_space_figure(model, dataset, p),
+        "latent_manifold": lambda p: latent_manifold_figure(model, dataset, p),
+        "samples": lambda p: samples_figure(model, p, seed=seed),
+        "training_curve": lambda p: training_curve_figure(Path(metrics_path), p),
+    }
+    return {name: makers[name](path) for name, path in paths.items()}

@@ -1,0 +1,31 @@
+"""One model per chapter, and the registry that checkpoints are built from.
+
+Loading a checkpoint builds only the types named here: a config file can choose among them,
+never import arbitrary code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minisd.errors import MinisdError
+from minisd.models.autoencoder import Autoencoder
+from minisd.models.base import Model
+from minisd.models.vae import VAE
+
+MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (Autoencoder, VAE)}
+
+
+def build_model(config: dict[str, Any]) -> Model:
+    """Build a model from ``{"type": name, **hyper-parameters}``; unknown names or arguments are a clear error."""
+    config = dict(config)
+    model_type = config.pop("type", None)
+    if model_type not in MODELS:
+        raise MinisdError(f"unknown model type {model_type!r}; minisd knows {sorted(MODELS)}")
+    try:
+        return MODELS[model_type](**config)
+    except (TypeError, ValueError) as err:
+        raise MinisdError(f"cannot build a {model_type} from {config}: {err}") from None
+
+
+__all__ = ["MODELS", "Model", "Autoencoder", "VAE", "build_model"]

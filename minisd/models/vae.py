@@ -1,0 +1,114 @@
+"""Chapter "Autoencoder and VAE", part 2: the variational autoencoder (Luo 2022, sec. "Variational Autoencoders").
+
+The encoder outputs a Gaussian q(z|x) = N(mean, diag(exp(log_var))) instead of a point; the
+decoder is a Bernoulli likelihood p(x|z) over pixels; the prior is p(z) = N(0, I). Training
+maximises the evidence lower bound (Luo 2022 eq. 19)
+
+    ELBO(x) = E_q(z|x)[log p(x|z)] - KL(q(z|x) || p(z)),
+
+whose first term, for Bernoulli pixels, is minus the binary cross-entropy summed over pixels.
+With ``latent_dim=2, hidden=[256]`` this is the classic MNIST VAE of the learning path
+(784 -> 256 relu -> 2-d mean and log-variance; 2 -> 256 relu -> 784 sigmoid).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from minisd.eval.likelihood import importance_weighted_log_likelihood
+from minisd.models.base import Model
+from minisd.nn import image_decoder, image_encoder
+from minisd.probability import gaussian_log_density, kl_normal
+
+
+class VAE(Model):
+    """Gaussian encoder, Bernoulli decoder, standard normal prior; MLP or convolutional networks."""
+
+    model_type = "vae"
+    can_sample = True
+
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 2,
+                 arch: str = "mlp", hidden: list[int] = (256,), width: int = 32, depth: int = 2,
+                 activation: str = "relu"):
+        super().__init__(image_shape=list(image_shape), latent_dim=latent_dim, arch=arch, hidden=list(hidden),
+                         width=width, depth=depth, activation=activation)
+        net = dict(arch=arch, hidden=list(hidden), width=width, depth=depth, activation=activation)
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        # One head of 2 * latent_dim outputs is the same as two Dense heads (mean, log-variance).
+        self.encoder = image_encoder(self.image_shape, 2 * latent_dim, **net)
+        self.decoder = image_decoder(latent_dim, self.image_shape, **net)
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, H, W)`` in [0, 1] -> mean and log-variance of q(z|x), each ``(B, latent_dim)``."""
+        mean, log_var = self.encoder(images).chunk(2, dim=1)
+        return mean, log_var
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(..., latent_dim)`` -> Bernoulli logits of p(x|z), ``(..., C, H, W)``."""
+        flat = latents.reshape(-1, self.latent_dim)
+        return self.decoder(flat).reshape(*latents.shape[:-1], *self.image_shape)
+
+    @staticmethod
+    def reparameterise(mean: torch.Tensor, log_var: torch.Tensor, num_samples: int | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mean + exp(log_var / 2) * eps with eps ~ N(0, I) (Luo 2022 eqs. 20-21).
+
+        The randomness sits in eps, outside the network, so gradients flow through mean and
+        log_var. With ``num_samples`` the result has a leading sample dimension ``(S, B, latent_dim)``.
+        """
+        shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
+        eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * log_var) * eps
+
+    @staticmethod
+    def log_likelihood(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) for Bernoulli pixels: minus the binary cross-entropy summed over pixels. ``(..., C, H, W) -> (...)``."""
+        images = images.expand_as(logits)
+        return -F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(-3).sum(-1)
+
+    def elbo(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Single-sample ELBO per image (Luo 2022 eq. 19), with its two terms. Each is ``(B,)``, in nats."""
+        mean, log_var = self.encode(images)
+        latents = self.reparameterise(mean, log_var)
+        reconstruction = self.log_likelihood(images, self.decode(latents))
+        prior_kl = kl_normal(mean, log_var, torch.zeros_like(mean), torch.zeros_like(log_var)).sum(-1)
+        return reconstruction - prior_kl, reconstruction, prior_kl
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        elbo, reconstruction, prior_kl = self.elbo(batch["image"])
+        loss = -elbo.mean()
+        return loss, {"loss": loss.item(), "elbo": -loss.item(),
+                      "reconstruction": -reconstruction.mean().item(), "kl": prior_kl.mean().item()}
+
+    def log_importance_weights(self, images: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """log w_s = log p(x, z_s) - log q(z_s|x) for z_s ~ q(z|x): ``(B, C, H, W) -> (S, B)``.
+
+        Their log-mean-exp over s is the importance-weighted bound of Burda et al. (2015), which
+        tightens towards log p(x) as S grows; S = 1 is the ELBO.
+        """
+        mean, log_var = self.encode(images)
+        latents = self.reparameterise(mean, log_var, num_samples)
+        log_prior = gaussian_log_density(latents, torch.zeros_like(mean), torch.zeros_like(log_var)).sum(-1)
+        log_posterior = gaussian_log_density(latents, mean, log_var).sum(-1)
+        return self.log_likelihood(images, self.decode(latents)) + log_prior - log_posterior
+
+    @torch.no_grad()
+    def nll(self, batch: dict[str, Any], num_samples: int = 1) -> dict[str, torch.Tensor]:
+        """Upper bound on -log p(x) per image: ``nats`` ``(B,)`` and ``bits_per_dim`` ``(B,)``.
+
+        ``num_samples=1`` gives -ELBO; more samples give the tighter importance-weighted bound.
+        """
+        images = batch["image"]
+        nats = -importance_weighted_log_likelihood(lambda s: self.log_importance_weights(images, s), num_samples)
+        return {"nats": nats, "bits_per_dim": nats / (math.log(2) * math.prod(self.image_shape))}
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw z ~ N(0, I) and return the decoder's pixel means ``(n, C, H, W)`` in [0, 1]."""
+        latents = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return torch.sigmoid(self.decode(latents))

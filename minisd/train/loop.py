@@ -1,0 +1,214 @@
+"""One training loop for every model of the learning path.
+
+Reproducibility is built in, not bolted on: the data order of each epoch and all the
+randomness of each step (dynamic binarisation, the VAE's noise, ...) are seeded from
+``(seed, epoch)`` and ``(seed, step, rank)``. Resuming therefore needs only the weights, the
+EMA, the optimizer state and the step count, and on CPU a resumed run ends with the same
+bits as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from minisd.data import ImageDataset, binarize, binarized_once
+from minisd.errors import MinisdError
+from minisd.models import Model
+from minisd.train import distributed
+from minisd.train.checkpoint import find_checkpoint, load_training_state, save_checkpoint
+from minisd.train.config import TrainConfig
+from minisd.train.optim import EMA, learning_rate
+
+
+class TrainingDiverged(MinisdError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` picks CUDA when it is available, else the CPU; any torch device string is accepted."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MinisdError(f"--device {device} was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)
+
+
+class _Batches:
+    """Global batch ``step`` of a shuffled, drop-last epoch order; each rank takes its own slice."""
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, rank: int, world_size: int):
+        if batch_size % world_size:
+            raise MinisdError(f"train.batch_size {batch_size} must be divisible by the number of processes {world_size}")
+        if len(dataset) < batch_size:
+            raise MinisdError(f"train.batch_size {batch_size} is larger than the dataset ({len(dataset)} images)")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.local = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
+        self.steps_per_epoch = len(dataset) // batch_size
+        self._epoch, self._order = -1, None
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(len(self.dataset), generator=generator)
+        indices = self._order[position * self.batch_size:(position + 1) * self.batch_size][self.local]
+        return {"image": self.dataset.images[indices], "label": self.dataset.labels[indices]}
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(model: Model, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                  seed: int = 0) -> dict[str, float]:
+    """The model's loss logs averaged over a whole evaluation set (same seed, same numbers)."""
+    torch.manual_seed(seed)
+    model.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(images), batch_size):
+        batch = {"image": images[start:start + batch_size].to(model.device),
+                 "label": labels[start:start + batch_size].to(model.device)}
+        _, logs = model.loss(batch)
+        for key, value in logs.items():
+            totals[key] = totals.get(key, 0.0) + value * len(batch["image"])
+    return {key: total / len(images) for key, total in totals.items()}
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """On resume, forget the log lines a crashed run wrote after its last checkpoint."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: str | os.PathLike, *,
+          run_config: dict[str, Any] | None = None, eval_set: ImageDataset | None = None,
+          binarize_data: bool = False, resume: bool = False, device: str = "auto",
+          progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` on ``train_set`` for ``config.steps`` steps, writing checkpoints and logs to ``run_dir``.
+
+    - AdamW with warm-up and cosine decay, gradient clipping, an EMA of the weights.
+    - ``run_dir/metrics.jsonl``: one JSON record per log/eval event (rank 0 only).
+    - ``run_dir/checkpoint/``: see :mod:`minisd.train.checkpoint`; every ``checkpoint_every`` steps and at the end.
+    - Under ``torchrun`` the global batch is split over processes with DistributedDataParallel
+      and logged metrics are averaged across them.
+    - ``binarize_data``: draw binary pixels ~ Bernoulli(intensity) afresh at every step
+      (dynamic binarisation); the evaluation set is binarised once, with a fixed seed.
+    - A non-finite loss or gradient raises :class:`TrainingDiverged`; the last checkpoint
+      on disk (which was written from finite weights) is left untouched.
+
+    Returns the final step, the last training logs, the last evaluation and the wall time.
+    """
+    device = resolve_device(device)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", distributed.local_rank())
+    rank, world_size = distributed.setup(device)
+    is_main = rank == 0
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    model = model.to(device)
+    ema = EMA(model, config.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    checkpoint_config = {**(run_config or {}), "train": asdict(config)}
+    checkpoint_config.pop("model", None)
+
+    start_step = 0
+    if resume:
+        start_step = load_training_state(run_dir, model, ema.model, optimizer)
+        if is_main:
+            _drop_records_after(metrics_path, start_step)
+    elif is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+    trained = DistributedDataParallel(model) if world_size > 1 else model
+
+    batches = _Batches(train_set, config.batch_size, config.seed, rank, world_size)
+    if eval_set is not None and binarize_data:
+        eval_set = binarized_once(eval_set)
+
+    def evaluate(step: int) -> dict[str, float]:
+        if eval_set is None:
+            return {}
+        logs = evaluate_loss(ema.model, eval_set.images, eval_set.labels, config.eval_batch_size)
+        if is_main:
+            _append_jsonl(metrics_path, {"step": step, **{f"eval/{k}": v for k, v in logs.items()}})
+        return logs
+
+    def checkpoint(step: int) -> None:
+        if is_main:
+            save_checkpoint(run_dir, config=checkpoint_config, model=model, ema_model=ema.model,
+                            optimizer=optimizer, step=step)
+        distributed.barrier()
+
+    bar = tqdm(total=config.steps, initial=start_step, desc=run_dir.name, disable=not (progress and is_main),
+               dynamic_ncols=True, mininterval=0.5)
+    start_time = time.perf_counter()
+    interval_start, interval_images = start_time, 0
+    logs: dict[str, float] = {}
+    eval_logs: dict[str, float] = {}
+    for step in range(start_step, config.steps):
+        model.train()
+        lr = learning_rate(step, lr=config.lr, total_steps=config.steps, warmup_steps=config.warmup_steps,
+                           min_lr_ratio=config.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_step_seed(config.seed, step, rank))
+        batch = batches(step)
+        if binarize_data:
+            batch["image"] = binarize(batch["image"])
+        loss, logs = trained(_to(batch, device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+        finite = torch.tensor([float(torch.isfinite(loss) and torch.isfinite(grad_norm))], device=device)
+        if world_size > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() < 1:
+            bar.close()
+            last = find_checkpoint(run_dir)
+            kept = (f"the last good checkpoint (step {json.loads((last / 'config.json').read_text())['step']}) "
+                    f"is kept in {last}" if last else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} (gradient norm {grad_norm.item()}) at step {step}; training stopped and "
+                f"{kept}. Lower train.lr, keep train.grad_clip on, or check the data for NaNs.")
+        optimizer.step()
+        ema.update(model, step)
+
+        done = step + 1
+        interval_images += config.batch_size
+        bar.update(1)
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - interval_start
+            logs = distributed.mean_across_ranks({**logs, "grad_norm": grad_norm.item()})
+            record = {"step": done, "lr": lr, **logs, "images_per_sec": interval_images / max(elapsed, 1e-9)}
+            if is_main:
+                _append_jsonl(metrics_path, record)
+            bar.set_postfix(loss=f"{logs['loss']:.4g}", img_per_s=f"{record['images_per_sec']:.0f}")
+            interval_start, interval_images = time.perf_counter(), 0
+        if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+            eval_logs = evaluate(done)
+        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+            checkpoint(done)
+    bar.close()
+    return {"step": config.steps, "train": logs, "eval": eval_logs,
+            "seconds": time.perf_counter() - start_time, "run_dir": str(run_dir)}

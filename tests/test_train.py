@@ -1,0 +1,165 @@
+"""The training loop: exact resume, torchrun, NaN handling, checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import minisd
+from minisd.errors import MinisdError
+from minisd.models import VAE, Autoencoder
+from minisd.train import TrainConfig, TrainingDiverged, train
+from minisd.train.checkpoint import find_checkpoint
+from minisd.train.optim import learning_rate
+
+TINY = dict(image_shape=(1, 8, 8), latent_dim=2, hidden=[32])
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    settings = dict(steps=40, batch_size=50, lr=3e-3, warmup_steps=5, log_every=5, eval_every=20,
+                    checkpoint_every=10, seed=3)
+    return TrainConfig(**{**settings, **overrides})
+
+
+class CrashAfter(VAE):
+    """A VAE whose loss raises after ``crash_at`` calls: a stand-in for a killed process."""
+
+    crash_at = 10**9
+
+    def loss(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > self.crash_at:
+            raise RuntimeError("simulated crash")
+        return super().loss(batch)
+
+
+class NaNAt(VAE):
+    """A VAE whose loss becomes NaN at training step ``nan_at`` (counting from 0)."""
+
+    nan_at = 7
+
+    def loss(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        loss, logs = super().loss(batch)
+        if self.training and self.calls == self.nan_at + 1:
+            loss = loss * float("nan")
+        return loss, logs
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    folder = run_dir / "checkpoint"
+    return {f"{name}/{k}": v for name in ("model", "ema", "optimizer")
+            for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
+
+
+def test_resumed_run_ends_bit_identical_to_uninterrupted_run(tmp_path, digits_train, digits_test):
+    config = tiny_config()
+    torch.manual_seed(0)
+    train(VAE(**TINY), digits_train, config, tmp_path / "straight", eval_set=digits_test,
+          binarize_data=True, progress=False)
+
+    torch.manual_seed(0)
+    crashing = CrashAfter(**TINY)
+    crashing.crash_at = 25  # after the checkpoint at step 20, before the one at step 30
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashing, digits_train, config, tmp_path / "resumed", eval_set=digits_test,
+              binarize_data=True, progress=False)
+    assert json.loads((tmp_path / "resumed/checkpoint/config.json").read_text())["step"] == 20
+    torch.manual_seed(123)  # a different initialisation: resuming must overwrite it all
+    train(VAE(**TINY), digits_train, config, tmp_path / "resumed", eval_set=digits_test,
+          binarize_data=True, resume=True, progress=False)
+
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+    def losses(run):
+        return [(r["step"], r.get("loss"), r.get("eval/loss")) for r in
+                map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())]
+    assert losses("straight") == losses("resumed")
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    settings = ["--config", "autoencoder", "--set", "data.dataset=digits", "--set", "model.hidden=[32]",
+                "--set", "train.steps=12", "--set", "train.batch_size=64", "--set", "train.eval_every=0",
+                "--set", "train.checkpoint_every=0", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "minisd", "train", *settings, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "minisd", "train", *settings, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+
+    single, double = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in single:
+        torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+    # Metrics are averaged over the two ranks, and only rank 0 writes them.
+    def train_records(run):
+        records = map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+        return [r for r in records if "loss" in r]
+    one_log, two_log = train_records("one"), train_records("two")
+    assert [r["step"] for r in one_log] == [r["step"] for r in two_log]
+    assert two_log[-1]["loss"] == pytest.approx(one_log[-1]["loss"], rel=1e-4)
+    assert single["model/decoder.0.0.weight"].abs().sum() > 0  # the run actually trained something
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, digits_train):
+    config = tiny_config(checkpoint_every=5, eval_every=0)
+    with pytest.raises(TrainingDiverged) as raised:
+        train(NaNAt(**TINY), digits_train, config, tmp_path / "run", progress=False)
+    message = str(raised.value)
+    assert "step 7" in message and "step 5" in message and "train.lr" in message
+    model = minisd.load(tmp_path / "run")
+    assert json.loads((tmp_path / "run/checkpoint/config.json").read_text())["step"] == 5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_loss_in_cli_is_one_line_and_exit_2(tmp_path, capsys):
+    from minisd.cli import main
+
+    code = main(["train", "--config", "vae2d", "--set", "data.dataset=digits", "--set", "train.lr=1e30",
+                 "--set", "train.grad_clip=0", "--set", "train.steps=50", "--set", "train.batch_size=64",
+                 "--no-progress", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "minisd: error:" in capsys.readouterr().err
+
+
+def test_checkpoint_survives_crash_between_renames(tmp_path, digits_train):
+    train(Autoencoder(**TINY), digits_train, tiny_config(steps=10, eval_every=0), tmp_path, progress=False)
+    os.replace(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")  # the state right after the first rename
+    assert find_checkpoint(tmp_path) == tmp_path / ".checkpoint.old"
+    assert isinstance(minisd.load(tmp_path), Autoencoder)
+
+
+def test_checkpoint_never_builds_an_unregistered_type(tmp_path, digits_train):
+    train(Autoencoder(**TINY), digits_train, tiny_config(steps=5, eval_every=0), tmp_path, progress=False)
+    config_path = tmp_path / "checkpoint/config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["type"] = "os.system"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(MinisdError, match="unknown model type 'os.system'"):
+        minisd.load(tmp_path)
+
+
+def test_learning_rate_warms_up_then_decays_to_floor():
+    kwargs = dict(lr=1.0, total_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    rates = [learning_rate(step, **kwargs) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert learning_rate(100, **kwargs) == pytest.approx(0.1)
+
+
+def test_training_lowers_the_test_loss(tmp_path, digits_train, digits_test):
+    torch.manual_seed(0)
+    result = train(VAE(**TINY), digits_train, tiny_config(steps=150, eval_every=0), tmp_path,
+                   eval_set=digits_test, binarize_data=True, progress=False)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert result["eval"]["loss"] < 0.8 * first["loss"]
