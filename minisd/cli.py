@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from minisd.errors import MinisdError
@@ -86,6 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from minisd.images import check_writable
 
         check_writable(args.json, args.overwrite)
+    start = time.perf_counter()
     model = _load(args)
     if not hasattr(model, "nll"):
         raise MinisdError(f"a {model.model_type} has no likelihood to evaluate")
@@ -104,6 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         results["nll_bits_per_dim"] = iwae["bits_per_dim"]
         print(f"{args.split} log p(x) >= {-iwae['nll_nats']:.2f} nats per image "
               f"(importance-weighted, K = {args.num_samples}); NLL {iwae['bits_per_dim']:.4f} bits/dim")
+    results["seconds"] = time.perf_counter() - start
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -17,6 +17,7 @@ from minisd.eval import evaluate_likelihood
 from minisd.figures.vae import make_vae_figures
 from minisd.train import load_run_config, train_from_config
 from minisd.train.checkpoint import load
+from minisd.train.loop import resolve_device
 
 # The 8x8 digits are 40 times fewer than MNIST's images: smaller batches, more epochs.
 DIGITS_OVERRIDES = ["data.dataset=digits", "train.batch_size=64", "train.steps=4000", "train.eval_every=1000",
@@ -50,7 +51,7 @@ def run_demo(out_dir: Path, *, data_dir: str | None = None, overwrite: bool = Fa
           f"{config['train']['steps']} steps")
     train_from_config(config, run_dir, data_dir=data_dir, device=device)
 
-    model = load(run_dir, device=device if device != "auto" else "cpu")
+    model = load(run_dir, device=resolve_device(device))
     test_set = binarized_once(load_dataset(dataset, "test", data_dir=data_dir))
     elbo = evaluate_likelihood(model, test_set.images, num_samples=1)
     iwae = evaluate_likelihood(model, test_set.images, num_samples=IWAE_SAMPLES)

@@ -250,7 +250,9 @@ def gaussian_log_density(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (LOG_TWO_PI + logvar + (x - mean).square() / logvar.exp())
 
 
-def sample_normal(mean: Tensor, logvar: Tensor, num_samples: int, generator: torch.Generator) -> Tensor:
+def sample_normal(
+    mean: Tensor, logvar: Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
     """Reparameterised samples ``z = mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)``.
 
     This is the reparameterisation trick (Luo (2022) eqs. 20-21): the randomness lives in
@@ -258,7 +260,7 @@ def sample_normal(mean: Tensor, logvar: Tensor, num_samples: int, generator: tor
     Returns shape ``(num_samples, *broadcast(mean, logvar).shape)``.
     """
     shape = (num_samples, *torch.broadcast_shapes(mean.shape, logvar.shape))
-    noise = torch.randn(shape, generator=generator, dtype=mean.dtype)
+    noise = torch.randn(shape, generator=generator, dtype=mean.dtype, device=mean.device)
     return mean + (0.5 * logvar).exp() * noise
 
 
@@ -299,7 +301,9 @@ def kl_normal_monte_carlo(
 class Gaussian:
     """A multivariate Gaussian ``N(mean, covariance)`` with a full covariance matrix.
 
-    ``mean``: ``(d,)``; ``covariance``: ``(d, d)``, symmetric positive definite.
+    ``mean``: ``(d,)``; ``covariance``: ``(d, d)``, symmetric positive definite. Either may
+    carry leading batch dimensions, ``(..., d)`` and ``(..., d, d)``, to hold a batch of
+    Gaussians: the KL and ELBO functions below broadcast over them.
     """
 
     mean: Tensor
@@ -317,8 +321,10 @@ class Gaussian:
     def sample(self, num_samples: int, generator: torch.Generator) -> Tensor:
         """Reparameterised samples ``z = mean + L eps`` with ``L L^T = covariance``; ``(num_samples, d)``.
 
-        The full-covariance version of Luo (2022) eqs. 20-21.
+        The full-covariance version of Luo (2022) eqs. 20-21. Needs a single Gaussian, not a batch.
         """
+        if self.mean.dim() != 1 or self.covariance.dim() != 2:
+            raise ValueError("sample() needs a single Gaussian: mean (d,), covariance (d, d)")
         cholesky = torch.linalg.cholesky(self.covariance)
         noise = torch.randn((num_samples, self.dim), generator=generator, dtype=self.mean.dtype)
         return self.mean + noise @ cholesky.T
@@ -350,17 +356,19 @@ def multivariate_normal_log_density(x: Tensor, mean: Tensor, covariance: Tensor)
 
 
 def kl_multivariate_normal(q: Gaussian, p: Gaussian) -> Tensor:
-    """``KL(q || p)`` between full-covariance Gaussians, in closed form (a scalar tensor).
+    """``KL(q || p)`` between full-covariance Gaussians, in closed form.
 
     ``KL = 1/2 [tr(Sigma_p^-1 Sigma_q) + (mu_p - mu_q)^T Sigma_p^-1 (mu_p - mu_q) - d
     + log det Sigma_p - log det Sigma_q]``
+
+    Returns a scalar for single Gaussians, or the broadcast batch shape ``(...)``.
     """
     cholesky_p = torch.linalg.cholesky(p.covariance)
     cholesky_q = torch.linalg.cholesky(q.covariance)
     # tr(Sigma_p^-1 Sigma_q) = |L_p^-1 L_q|_F^2
-    trace_term = torch.linalg.solve_triangular(cholesky_p, cholesky_q, upper=False).square().sum()
+    trace_term = torch.linalg.solve_triangular(cholesky_p, cholesky_q, upper=False).square().sum((-2, -1))
     mean_offset = (p.mean - q.mean).unsqueeze(-1)
-    mahalanobis = torch.linalg.solve_triangular(cholesky_p, mean_offset, upper=False).square().sum()
+    mahalanobis = torch.linalg.solve_triangular(cholesky_p, mean_offset, upper=False).square().sum((-2, -1))
     log_det_ratio = _log_det_from_cholesky(cholesky_p) - _log_det_from_cholesky(cholesky_q)
     return 0.5 * (trace_term + mahalanobis - q.dim + log_det_ratio)
 
@@ -495,23 +503,25 @@ def mean_field_posterior(model: LinearGaussianModel, x: Tensor) -> Gaussian:
 
 
 def expected_log_likelihood(model: LinearGaussianModel, x: Tensor, q: Gaussian) -> Tensor:
-    """The reconstruction term ``E_{z ~ q}[log p(x | z)]`` in closed form (a scalar).
+    """The reconstruction term ``E_{z ~ q}[log p(x | z)]`` in closed form.
 
     ``= -D/2 log(2 pi s^2) - (|x - W m - b|^2 + tr(W S W^T)) / (2 s^2)`` for ``q = N(m, S)``:
     the squared error of the mean decoding plus the spread that ``q``'s uncertainty adds.
+    ``x``: ``(D,)``; returns a scalar, or ``(...)`` for a batch of ``q``.
     """
-    residual = x - model.weight @ q.mean - model.bias
-    spread = (model.weight @ q.covariance @ model.weight.T).trace()
+    residual = x - q.mean @ model.weight.T - model.bias
+    spread = (model.weight @ q.covariance @ model.weight.T).diagonal(dim1=-2, dim2=-1).sum(-1)
     noise_var = model.noise_std**2
     return -0.5 * model.data_dim * math.log(2.0 * math.pi * noise_var) - (
-        residual.square().sum() + spread
+        residual.square().sum(-1) + spread
     ) / (2.0 * noise_var)
 
 
 def elbo(model: LinearGaussianModel, x: Tensor, q: Gaussian) -> Tensor:
     """The ELBO in closed form: ``E_q[log p(x | z)] - KL(q(z|x) || p(z))`` (Luo (2022) eq. 19).
 
-    Reconstruction minus prior KL -- the VAE objective. ``x``: ``(D,)``; returns a scalar.
+    Reconstruction minus prior KL -- the VAE objective. ``x``: ``(D,)``; returns a scalar,
+    or ``(...)`` for a batch of ``q``.
     """
     prior = standard_normal_prior(model.latent_dim)
     return expected_log_likelihood(model, x, q) - kl_multivariate_normal(q, prior)

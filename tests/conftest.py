@@ -5,9 +5,10 @@ from minisd.data import load_dataset
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
-    # Tests run on 2 shared cores; more threads than that only slows tiny models down.
-    torch.set_num_threads(2)
+def _one_thread():
+    # Test models are tiny: a second thread buys nothing, and on busy cores small linalg
+    # calls (Cholesky) become a thousand times slower with 2 threads than with 1.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

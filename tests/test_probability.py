@@ -227,6 +227,19 @@ def test_elbo_gap_equals_posterior_kl(model, observation, seed: int) -> None:
     assert gap.item() == pytest.approx(kl.item(), abs=1e-5)
 
 
+def test_batched_elbo_and_kl_match_one_q_at_a_time(model, observation) -> None:
+    qs = [random_gaussian(model.latent_dim, seed) for seed in (30, 31, 32)]
+    batch = prob.Gaussian(torch.stack([q.mean for q in qs]), torch.stack([q.covariance for q in qs]))
+    posterior = prob.true_posterior(model, observation)
+    torch.testing.assert_close(
+        prob.elbo(model, observation, batch), torch.stack([prob.elbo(model, observation, q) for q in qs])
+    )
+    torch.testing.assert_close(
+        prob.kl_multivariate_normal(batch, posterior),
+        torch.stack([prob.kl_multivariate_normal(q, posterior) for q in qs]),
+    )
+
+
 def test_elbo_is_tight_at_true_posterior(model, observation) -> None:
     posterior = prob.true_posterior(model, observation)
     assert prob.elbo(model, observation, posterior).item() == pytest.approx(

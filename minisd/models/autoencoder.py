@@ -12,24 +12,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from minisd.models.base import Model
-from minisd.nn import image_decoder, image_encoder
+from minisd.models.base import EncoderDecoderModel
 
 
-class Autoencoder(Model):
+class Autoencoder(EncoderDecoderModel):
     """``x -> z = encoder(x) -> decoder(z) ≈ x``, trained with binary cross-entropy summed over pixels."""
 
     model_type = "autoencoder"
-
-    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 2,
-                 arch: str = "mlp", hidden: list[int] = (256,), width: int = 32, depth: int = 2,
-                 activation: str = "relu"):
-        super().__init__(image_shape=list(image_shape), latent_dim=latent_dim, arch=arch, hidden=list(hidden),
-                         width=width, depth=depth, activation=activation)
-        net = dict(arch=arch, hidden=list(hidden), width=width, depth=depth, activation=activation)
-        self.latent_dim = latent_dim
-        self.encoder = image_encoder(tuple(image_shape), latent_dim, **net)
-        self.decoder = image_decoder(latent_dim, tuple(image_shape), **net)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in [0, 1] -> codes ``(B, latent_dim)``."""

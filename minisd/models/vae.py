@@ -20,28 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from minisd.eval.likelihood import importance_weighted_log_likelihood
-from minisd.models.base import Model
-from minisd.nn import image_decoder, image_encoder
-from minisd.probability import gaussian_log_density, kl_normal
+from minisd.models.base import EncoderDecoderModel
+from minisd.probability import gaussian_log_density, kl_normal, sample_normal
 
 
-class VAE(Model):
+class VAE(EncoderDecoderModel):
     """Gaussian encoder, Bernoulli decoder, standard normal prior; MLP or convolutional networks."""
 
     model_type = "vae"
     can_sample = True
-
-    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 2,
-                 arch: str = "mlp", hidden: list[int] = (256,), width: int = 32, depth: int = 2,
-                 activation: str = "relu"):
-        super().__init__(image_shape=list(image_shape), latent_dim=latent_dim, arch=arch, hidden=list(hidden),
-                         width=width, depth=depth, activation=activation)
-        net = dict(arch=arch, hidden=list(hidden), width=width, depth=depth, activation=activation)
-        self.image_shape = tuple(image_shape)
-        self.latent_dim = latent_dim
-        # One head of 2 * latent_dim outputs is the same as two Dense heads (mean, log-variance).
-        self.encoder = image_encoder(self.image_shape, 2 * latent_dim, **net)
-        self.decoder = image_decoder(latent_dim, self.image_shape, **net)
+    outputs_per_latent = 2  # a mean and a log-variance per latent: one head of 2 * latent_dim outputs
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` in [0, 1] -> mean and log-variance of q(z|x), each ``(B, latent_dim)``."""
@@ -54,18 +42,6 @@ class VAE(Model):
         return self.decoder(flat).reshape(*latents.shape[:-1], *self.image_shape)
 
     @staticmethod
-    def reparameterise(mean: torch.Tensor, log_var: torch.Tensor, num_samples: int | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = mean + exp(log_var / 2) * eps with eps ~ N(0, I) (Luo 2022 eqs. 20-21).
-
-        The randomness sits in eps, outside the network, so gradients flow through mean and
-        log_var. With ``num_samples`` the result has a leading sample dimension ``(S, B, latent_dim)``.
-        """
-        shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
-        eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * log_var) * eps
-
-    @staticmethod
     def log_likelihood(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """log p(x|z) for Bernoulli pixels: minus the binary cross-entropy summed over pixels. ``(..., C, H, W) -> (...)``."""
         images = images.expand_as(logits)
@@ -74,7 +50,9 @@ class VAE(Model):
     def elbo(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Single-sample ELBO per image (Luo 2022 eq. 19), with its two terms. Each is ``(B,)``, in nats."""
         mean, log_var = self.encode(images)
-        latents = self.reparameterise(mean, log_var)
+        # The reparameterisation trick (Luo 2022 eqs. 20-21): z = mean + exp(log_var / 2) * eps,
+        # so gradients reach the encoder through mean and log_var.
+        latents = sample_normal(mean, log_var, num_samples=1)[0]
         reconstruction = self.log_likelihood(images, self.decode(latents))
         prior_kl = kl_normal(mean, log_var, torch.zeros_like(mean), torch.zeros_like(log_var)).sum(-1)
         return reconstruction - prior_kl, reconstruction, prior_kl
@@ -92,7 +70,7 @@ class VAE(Model):
         tightens towards log p(x) as S grows; S = 1 is the ELBO.
         """
         mean, log_var = self.encode(images)
-        latents = self.reparameterise(mean, log_var, num_samples)
+        latents = sample_normal(mean, log_var, num_samples)
         log_prior = gaussian_log_density(latents, torch.zeros_like(mean), torch.zeros_like(log_var)).sum(-1)
         log_posterior = gaussian_log_density(latents, mean, log_var).sum(-1)
         return self.log_likelihood(images, self.decode(latents)) + log_prior - log_posterior

@@ -1,0 +1,1 @@
+"""Each chapter's figures: ``minisd figures CHAPTER`` writes them as PNG files."""
