@@ -117,7 +117,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         from minisd.figures.probability import make_probability_figures
 
         out = Path(args.out or "figures/probability")
-        paths = make_probability_figures(out, seed=args.seed)
+        paths = make_probability_figures(out, seed=args.seed, overwrite=args.overwrite)
     else:
         if not args.checkpoint:
             raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")

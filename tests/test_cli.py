@@ -112,3 +112,11 @@ def test_resume_continues_to_more_steps(trained_run, tmp_path):
     argv = ["train", "--config", "vae2d", *TINY, "--set", "train.steps=40", "--out", str(run), "--resume"]
     assert main(argv) == 0
     assert json.loads((run / "result.json").read_text())["step"] == 40
+
+
+def test_probability_figures_from_cli_refuse_to_overwrite(tmp_path, capsys):
+    assert main(["figures", "probability", "--out", str(tmp_path)]) == 0
+    written = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+    assert len(written) == 5
+    assert "already exists" in error_of(capsys, ["figures", "probability", "--out", str(tmp_path)])
+    assert written == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}

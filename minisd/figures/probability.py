@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minisd import probability as prob
+from minisd.images import check_writable
 
 # Experiment sizes: large enough for clean pictures, small enough for a 2-core CPU.
 NUM_PEOPLE = 200_000
@@ -525,10 +526,15 @@ def plot_gradient_estimators(result: GradientResult, rms_errors: dict[str, Tenso
     return _save(figure, path)
 
 
-def make_probability_figures(out_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Write the chapter's five PNGs into ``out_dir``; returns ``{figure name: path}``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+FIGURE_NAMES = ("bayes", "monte_carlo_error", "kl_gaussians", "elbo_gap", "gradient_estimators")
+
+
+def make_probability_figures(out_dir: Path, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
+    """Write the chapter's five PNGs into ``out_dir``; returns ``{figure name: path}``.
+
+    Existing files are replaced only with ``overwrite=True`` (checked before any work is done).
+    """
+    paths = {name: check_writable(Path(out_dir) / f"{name}.png", overwrite) for name in FIGURE_NAMES}
     gradients = gradient_experiment(seed)
     true_d_mean = gradients.true_gradient[0].item()
     rms_errors = {
@@ -539,13 +545,9 @@ def make_probability_figures(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         )
     }
     return {
-        "bayes": plot_bayes(bayes_experiment(seed), out_dir / "bayes.png"),
-        "monte_carlo_error": plot_monte_carlo_error(
-            monte_carlo_experiment(seed), out_dir / "monte_carlo_error.png"
-        ),
-        "kl_gaussians": plot_kl_gaussians(kl_experiment(seed), out_dir / "kl_gaussians.png"),
-        "elbo_gap": plot_elbo_gap(elbo_experiment(seed), out_dir / "elbo_gap.png"),
-        "gradient_estimators": plot_gradient_estimators(
-            gradients, rms_errors, out_dir / "gradient_estimators.png"
-        ),
+        "bayes": plot_bayes(bayes_experiment(seed), paths["bayes"]),
+        "monte_carlo_error": plot_monte_carlo_error(monte_carlo_experiment(seed), paths["monte_carlo_error"]),
+        "kl_gaussians": plot_kl_gaussians(kl_experiment(seed), paths["kl_gaussians"]),
+        "elbo_gap": plot_elbo_gap(elbo_experiment(seed), paths["elbo_gap"]),
+        "gradient_estimators": plot_gradient_estimators(gradients, rms_errors, paths["gradient_estimators"]),
     }
