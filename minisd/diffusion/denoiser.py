@@ -1,0 +1,44 @@
+"""The one interface every diffusion-family network is used through: D(x_t, t, cond) -> x0_hat.
+
+Samplers, guidance and likelihoods see only this, whatever the network predicts. A denoiser also
+carries its noise schedule, so a sampler can turn times into (alpha_t, sigma_t).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from minisd.diffusion.parameterisation import to_x0
+from minisd.diffusion.schedules import NoiseSchedule
+
+
+class Denoiser(Protocol):
+    """Anything a sampler can use: ``denoiser(x_t, t, cond) -> x0_hat`` plus ``denoiser.schedule``.
+
+    ``x_t``: ``(B, ...)``; ``t``: ``(B,)`` times in [0, 1]; ``cond``: whatever the network is
+    conditioned on (class labels ``(B,)``, text embeddings), or None.
+    """
+
+    schedule: NoiseSchedule
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
+
+
+def expand_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` so per-example scalars broadcast against ``x``."""
+    return values.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class NetworkDenoiser(nn.Module):
+    """Wrap ``network(x_t, t, cond) -> prediction`` of kind ``prediction`` (x0 / eps / v / score) as a denoiser."""
+
+    def __init__(self, network: nn.Module, schedule: NoiseSchedule, prediction: str = "eps"):
+        super().__init__()
+        self.network, self.schedule, self.prediction = network, schedule, prediction
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        alpha, sigma = (expand_like(v, x_t) for v in self.schedule.alpha_sigma(t))
+        return to_x0(self.network(x_t, t, cond), self.prediction, x_t, alpha, sigma)

@@ -1,0 +1,187 @@
+"""Noise schedules as functions of continuous time t in [0, 1], given by their log signal-to-noise ratio.
+
+Every schedule here is variance preserving: x_t = alpha_t x_0 + sigma_t eps with
+alpha_t^2 + sigma_t^2 = 1 (Luo 2022 eq. 69 in continuous time). Writing
+lambda(t) = log(alpha_t^2 / sigma_t^2), the log-SNR, fixes both (Luo 2022 eqs. 100-108,
+Kingma et al. 2021):
+
+    alpha_t^2 = sigmoid(lambda(t)),    sigma_t^2 = sigmoid(-lambda(t)).
+
+lambda decreases from lambda(0) = LOG_SNR_MAX (almost clean) to lambda(1) = LOG_SNR_MIN (almost
+pure noise). A schedule of T discrete steps is the special case t_i = i / T.
+
+The closed-form schedules run to lambda = +inf at their clean end and the cosine one to -inf at
+its noisy end, where a solver would divide by alpha = 0. Clamping lambda there would make it jump
+at t = 0 (from +inf to whatever lambda(1/T) is), and the variational bound would inherit the jump.
+Instead, time is remapped onto the stretch of the closed form between the two end points, so
+lambda is finite and continuous on [0, 1] (as VDM's schedules are): at LOG_SNR_MIN = -20 the
+signal alpha_1^2 is 2e-9; at LOG_SNR_MAX = 13.3 (VDM's gamma_0) the noise sigma_0 / alpha_0 = 1.3e-3
+is a third of the gap between two 8-bit pixel levels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_SNR_MIN = -20.0
+LOG_SNR_MAX = 13.3
+
+
+class NoiseSchedule(nn.Module):
+    """A variance-preserving schedule: subclasses give :meth:`raw_log_snr`, decreasing in t."""
+
+    name: str = "schedule"
+
+    def raw_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = log(alpha_t^2 / sigma_t^2), same shape as ``t``."""
+        return self.raw_log_snr(t)
+
+    def log_snr_range(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda(1), lambda(0)): the noisy and the clean end, on ``like``'s device and dtype."""
+        ends = self.log_snr(torch.tensor([1.0, 0.0], device=like.device, dtype=like.dtype))
+        return ends[0], ends[1]
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha_t = sqrt(sigmoid(lambda)), sigma_t = sqrt(sigmoid(-lambda)); each the shape of ``t``."""
+        log_snr = self.log_snr(t)
+        return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
+
+    def time_at_log_snr(self, log_snr: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+        """The t with lambda(t) = ``log_snr``, by bisection (lambda is monotone); for spacings uniform in log-SNR."""
+        low, high = torch.zeros_like(log_snr), torch.ones_like(log_snr)
+        with torch.no_grad():
+            for _ in range(iterations):
+                middle = (low + high) / 2
+                above = self.log_snr(middle) > log_snr  # still too clean: the answer lies later
+                low, high = torch.where(above, middle, low), torch.where(above, high, middle)
+        return (low + high) / 2
+
+
+class ClosedFormSchedule(NoiseSchedule):
+    """A schedule given by a formula ``base_log_snr`` on [0, 1], restricted to [LOG_SNR_MIN, LOG_SNR_MAX].
+
+    t in [0, 1] is mapped linearly onto [t_clean, t_noisy], the times at which the formula
+    reaches LOG_SNR_MAX and LOG_SNR_MIN (or 0 and 1 where it stays inside the range).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        inside = self.base_log_snr(ends)
+        target = torch.tensor([LOG_SNR_MAX, LOG_SNR_MIN], dtype=torch.float64)
+        low, high = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+        for _ in range(80):  # bisection: base_log_snr decreases
+            middle = (low + high) / 2
+            above = self.base_log_snr(middle) > target
+            low, high = torch.where(above, middle, low), torch.where(above, high, middle)
+        crossing = (low + high) / 2
+        self.t_clean = crossing[0].item() if inside[0] > LOG_SNR_MAX else 0.0
+        self.t_noisy = crossing[1].item() if inside[1] < LOG_SNR_MIN else 1.0
+
+    def base_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def raw_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        return self.base_log_snr(self.t_clean + (self.t_noisy - self.t_clean) * t)
+
+
+def _log_snr_from_log_alpha_bar(log_alpha_bar: torch.Tensor) -> torch.Tensor:
+    # lambda = log(abar / (1 - abar)), with 1 - abar = -expm1(log abar) accurate near abar = 1.
+    return log_alpha_bar - torch.log(-torch.expm1(log_alpha_bar))
+
+
+class LinearBetaSchedule(ClosedFormSchedule):
+    """DDPM's schedule (Ho et al. 2020): beta rises linearly from ``beta_start`` to ``beta_end`` over ``num_steps``.
+
+    In continuous time beta(s) = T (beta_0 + s (beta_1 - beta_0)) and
+    log abar(t) = -T (beta_0 t + (beta_1 - beta_0) t^2 / 2), the limit of prod_i (1 - beta_i).
+    """
+
+    name = "linear"
+
+    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000):
+        self.beta_start, self.beta_end, self.num_steps = beta_start, beta_end, num_steps
+        super().__init__()
+
+    def base_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        log_alpha_bar = -self.num_steps * (self.beta_start * t + (self.beta_end - self.beta_start) * t.square() / 2)
+        return _log_snr_from_log_alpha_bar(log_alpha_bar.clamp(max=-1e-12))
+
+
+class CosineSchedule(ClosedFormSchedule):
+    """Nichol & Dhariwal (2021): abar(t) = cos^2(pi/2 (t + s) / (1 + s)) / cos^2(pi/2 s / (1 + s)).
+
+    At t = 1 the signal vanishes (lambda = -inf); the remapping of :class:`ClosedFormSchedule`
+    ends it at LOG_SNR_MIN instead.
+    """
+
+    name = "cosine"
+
+    def __init__(self, offset: float = 0.008):
+        self.offset = offset
+        super().__init__()
+
+    def base_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        # lambda = log(abar / (1 - abar)) with abar = cos^2(a) / cos^2(a_0). Writing
+        # cos^2(a_0) - cos^2(a) = sin(a + a_0) sin(a - a_0) avoids the cancellation in 1 - abar
+        # near t = 0, where float32 would otherwise lose the high end of the schedule.
+        start = self.offset / (1 + self.offset) * math.pi / 2
+        advance = t / (1 + self.offset) * math.pi / 2  # a - a_0, exact even for tiny t
+        angle = start + advance
+        return (2 * torch.log(torch.cos(angle).clamp(min=1e-20)) - torch.log(torch.sin(angle + start))
+                - torch.log(torch.sin(advance)))
+
+
+class _PositiveLinear(nn.Linear):
+    """A linear layer with non-negative weights (softplus of the free ones): keeps the network monotone."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return F.linear(inputs, F.softplus(self.weight), self.bias)
+
+
+class LearnedSchedule(NoiseSchedule):
+    """The learned monotone schedule of Variational Diffusion Models (Kingma et al. 2021, appendix H).
+
+    gamma(t) = -lambda(t) = gamma_0 + (gamma_1 - gamma_0) * (g(t) - g(0)) / (g(1) - g(0)), where g is an
+    increasing network (positive weights, monotone activations) and the end points gamma_0, gamma_1
+    are learned too. Trained to minimise the variance of the VDM loss, it only moves the
+    weighting of the bound, never the bound itself (VDM, sec. 5).
+    """
+
+    name = "learned"
+
+    def __init__(self, log_snr_max: float = LOG_SNR_MAX, log_snr_min: float = -5.0, hidden: int = 1024):
+        super().__init__()
+        self.gamma_0 = nn.Parameter(torch.tensor(-log_snr_max))
+        self.gamma_1 = nn.Parameter(torch.tensor(-log_snr_min))
+        self.first = _PositiveLinear(1, 1)
+        self.hidden = _PositiveLinear(1, hidden)
+        self.out = _PositiveLinear(hidden, 1)
+
+    def _increasing(self, t: torch.Tensor) -> torch.Tensor:
+        """g(t): a linear part plus a bounded sigmoid part, every weight positive, so g only increases."""
+        linear = self.first(t.reshape(-1, 1).to(self.first.weight.dtype))
+        nonlinear = self.out(torch.sigmoid(self.hidden(linear)) - 0.5) / self.out.in_features
+        return (linear + nonlinear).reshape(t.shape).to(t.dtype)
+
+    def raw_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        ends = self._increasing(torch.tensor([0.0, 1.0], device=t.device, dtype=t.dtype))
+        fraction = (self._increasing(t) - ends[0]) / (ends[1] - ends[0])
+        return -(self.gamma_0 + (self.gamma_1 - self.gamma_0) * fraction)
+
+
+SCHEDULES: dict[str, type[NoiseSchedule]] = {s.name: s for s in (LinearBetaSchedule, CosineSchedule, LearnedSchedule)}
+
+
+def build_schedule(name: str, **kwargs) -> NoiseSchedule:
+    """A schedule by name: ``linear``, ``cosine`` or ``learned``."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return SCHEDULES[name](**kwargs)
