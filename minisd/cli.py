@@ -66,7 +66,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model = _load(args)
     if not model.can_sample:
         raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
-    images = model.sample(args.n, generator=torch.Generator(model.device).manual_seed(args.seed))
+    sampler_args = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
+                                      ("eta", args.eta)) if v is not None}
+    if sampler_args and not model.has_samplers:
+        raise MinisdError(f"a {model.model_type} samples in one step: --sampler, --steps, --spacing and --eta "
+                          f"are for diffusion models")
+    images = model.sample(args.n, generator=torch.Generator(model.device).manual_seed(args.seed), **sampler_args)
     print(save_image_grid(images, out, overwrite=args.overwrite))
 
 
@@ -78,8 +83,69 @@ def _evaluation_set(config: dict, split: str, data_dir: str | None):
     return binarized_once(dataset) if config["data"].get("binarize") else dataset
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def _report_latent_likelihood(model, images, args, results: dict) -> None:
+    """ELBO and the importance-weighted bound of a VAE-family model, in nats per image."""
     from minisd.eval import evaluate_likelihood
+
+    elbo = evaluate_likelihood(model, images, num_samples=1, batch_size=args.batch_size, seed=args.seed)
+    results["elbo_nats"] = -elbo["nll_nats"]
+    results["elbo_bits_per_dim"] = -elbo["bits_per_dim"]
+    print(f"{args.split} ELBO: {results['elbo_nats']:.2f} nats per image "
+          f"({-results['elbo_bits_per_dim']:.4f} bits/dim as an NLL bound), {len(images)} images")
+    k = args.num_samples or 1000
+    if k > 1:
+        iwae = evaluate_likelihood(model, images, num_samples=k, batch_size=args.batch_size, seed=args.seed,
+                                   progress=not args.no_progress)
+        results[f"log_likelihood_iwae_k{k}_nats"] = -iwae["nll_nats"]
+        results["nll_bits_per_dim"] = iwae["bits_per_dim"]
+        print(f"{args.split} log p(x) >= {-iwae['nll_nats']:.2f} nats per image "
+              f"(importance-weighted, K = {k}); NLL {iwae['bits_per_dim']:.4f} bits/dim")
+
+
+def _report_diffusion_bound(model, images, args, results: dict) -> None:
+    """The continuous-time variational bound of a diffusion model on 8-bit images, in bits per dimension."""
+    from minisd.eval import evaluate_likelihood
+
+    k = args.num_samples or 1
+    bound = evaluate_likelihood(model, images, num_samples=k, batch_size=args.batch_size, seed=args.seed,
+                                progress=not args.no_progress)
+    results["nll_bound_bits_per_dim"] = bound["bits_per_dim"]
+    results["nll_bound_nats"] = bound["nll_nats"]
+    print(f"{args.split} NLL <= {bound['bits_per_dim']:.4f} bits/dim (continuous-time variational bound, "
+          f"8-bit images, {k} estimate(s) per image), {len(images)} images")
+
+
+def _report_fid(model, config: dict, args, results: dict) -> None:
+    """FID on our classifier's features between model samples and test images, and the samples' class balance."""
+    import torch
+
+    import minisd
+    from minisd.data import load_dataset
+    from minisd.eval import class_balance, fid
+    from minisd.train.checkpoint import read_checkpoint_config
+
+    dataset = config["data"]["dataset"]
+    classifier_dataset = read_checkpoint_config(args.fid_classifier)["data"]["dataset"]
+    if classifier_dataset != dataset:
+        raise MinisdError(f"the classifier was trained on {classifier_dataset}, the model on {dataset}: "
+                          f"FID needs a classifier of the model's dataset")
+    if not model.can_sample:
+        raise MinisdError(f"a {model.model_type} cannot sample, so it has no FID")
+    classifier = minisd.load(args.fid_classifier, device=model.device)
+    test_set = load_dataset(dataset, "test", data_dir=args.data_dir)
+    generator = torch.Generator(model.device).manual_seed(args.seed)
+    samples = torch.cat([model.sample(min(250, args.fid_samples - start), generator=generator).cpu()
+                         for start in range(0, args.fid_samples, 250)])
+    name = {"mnist": "FID-MNIST", "fashion-mnist": "FID-Fashion"}.get(dataset, f"FID-{dataset}")
+    results[name] = fid(classifier, samples, test_set.images[:args.fid_samples])
+    results.update({f"classes_{k}": v for k, v in class_balance(classifier, samples, test_set.labels).items()})
+    print(f"{name}: {results[name]:.3f} ({args.fid_samples} samples against as many test images; Frechet distance "
+          f"on minisd's own classifier features, not Inception FID); class balance: "
+          f"total variation from the test labels {results['classes_tv_from_test']:.3f}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from minisd.models.base import LatentVariableModel
     from minisd.train.checkpoint import read_checkpoint_config
 
     config = read_checkpoint_config(args.checkpoint)
@@ -89,23 +155,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
         check_writable(args.json, args.overwrite)
     start = time.perf_counter()
     model = _load(args)
-    if not hasattr(model, "nll"):
-        raise MinisdError(f"a {model.model_type} has no likelihood to evaluate")
-    images = _evaluation_set(config, args.split, args.data_dir).images[:args.limit]
     results = {"checkpoint": str(args.checkpoint), "dataset": config["data"]["dataset"], "split": args.split,
                "binarized": bool(config["data"].get("binarize")), "step": config["step"]}
-    elbo = evaluate_likelihood(model, images, num_samples=1, batch_size=args.batch_size, seed=args.seed)
-    results["elbo_nats"] = -elbo["nll_nats"]
-    results["elbo_bits_per_dim"] = -elbo["bits_per_dim"]
-    print(f"{args.split} ELBO: {results['elbo_nats']:.2f} nats per image "
-          f"({-results['elbo_bits_per_dim']:.4f} bits/dim as an NLL bound), {len(images)} images")
-    if args.num_samples > 1:
-        iwae = evaluate_likelihood(model, images, num_samples=args.num_samples, batch_size=args.batch_size,
-                                   seed=args.seed, progress=not args.no_progress)
-        results[f"log_likelihood_iwae_k{args.num_samples}_nats"] = -iwae["nll_nats"]
-        results["nll_bits_per_dim"] = iwae["bits_per_dim"]
-        print(f"{args.split} log p(x) >= {-iwae['nll_nats']:.2f} nats per image "
-              f"(importance-weighted, K = {args.num_samples}); NLL {iwae['bits_per_dim']:.4f} bits/dim")
+    if not (hasattr(model, "nll") or args.fid_classifier):
+        raise MinisdError(f"a {model.model_type} has no likelihood; for FID pass --fid-classifier")
+    if hasattr(model, "nll") and not args.skip_likelihood:
+        images = _evaluation_set(config, args.split, args.data_dir).images[:args.limit]
+        report = _report_latent_likelihood if isinstance(model, LatentVariableModel) else _report_diffusion_bound
+        report(model, images, args, results)
+    if args.fid_classifier:
+        _report_fid(model, config, args, results)
     results["seconds"] = time.perf_counter() - start
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -118,6 +177,20 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
         out = Path(args.out or "figures/probability")
         paths = make_probability_figures(out, seed=args.seed, overwrite=args.overwrite)
+    elif args.chapter == "diffusion":
+        from minisd.data import load_dataset
+        from minisd.figures.diffusion import make_diffusion_figures
+        from minisd.train.checkpoint import read_checkpoint_config
+
+        dataset = read_checkpoint_config(args.checkpoint)["data"]["dataset"] if args.checkpoint else "mnist"
+        try:
+            image = load_dataset(dataset, "test", data_dir=args.data_dir).images[0]
+        except MinisdError:
+            image = load_dataset("digits", "test").images[0]
+        out = Path(args.out) if args.out else (_run_dir(args.checkpoint) / "figures" if args.checkpoint
+                                                else Path("figures/diffusion"))
+        paths = make_diffusion_figures(out, model=_load(args) if args.checkpoint else None, image=image,
+                                       seed=args.seed, overwrite=args.overwrite)
     else:
         if not args.checkpoint:
             raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")
@@ -140,6 +213,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minisd.diffusion.samplers import SAMPLERS
+    from minisd.diffusion.spacing import SPACINGS
     from minisd.train.config import list_presets
     from minisd.version import __version__
 
@@ -170,13 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample = checkpoint_command("sample", "draw samples from a trained model and write a PNG grid")
     sample.add_argument("--n", type=_positive_int, default=64, help="number of images")
     sample.add_argument("--out", help="PNG path (default: <run>/samples/seed<SEED>.png)")
+    sample.add_argument("--sampler", choices=sorted(SAMPLERS), help="diffusion sampler (default: the model's)")
+    sample.add_argument("--steps", type=_positive_int, help="diffusion sampling steps (default: the model's)")
+    sample.add_argument("--spacing", choices=SPACINGS, help="time grid of the steps (default: uniform in log-SNR)")
+    sample.add_argument("--eta", type=float, help="noise of ddim / euler_ancestral (0: deterministic)")
     _add_common(sample, data=False)
     sample.set_defaults(func=cmd_sample)
 
     evaluate = checkpoint_command("eval", "ELBO and importance-weighted log-likelihood on a data split")
     evaluate.add_argument("--split", choices=["train", "test"], default="test")
-    evaluate.add_argument("--num-samples", "-k", type=_positive_int, default=1000,
-                          help="importance samples K for the IWAE bound (1: ELBO only)")
+    evaluate.add_argument("--num-samples", "-k", type=_positive_int,
+                          help="VAEs: importance samples K for the IWAE bound (default 1000; 1: ELBO only); "
+                               "diffusion: bound estimates averaged per image (default 1)")
+    evaluate.add_argument("--fid-classifier", help="a classifier run (minisd train --config classifier_mnist): "
+                                                   "also report FID on its features and the samples' class balance")
+    evaluate.add_argument("--fid-samples", type=_positive_int, default=1000, help="samples for FID")
+    evaluate.add_argument("--skip-likelihood", action="store_true", help="report FID only")
     evaluate.add_argument("--batch-size", type=_positive_int, default=100)
     evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
@@ -186,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     figures = commands.add_parser("figures", help="write a chapter's figures",
                                   description="Write a chapter's figures as PNG files.")
-    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder"])
-    figures.add_argument("checkpoint", nargs="?", help="trained model (for vae / autoencoder)")
+    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "diffusion"])
+    figures.add_argument("checkpoint", nargs="?", help="trained model (vae / autoencoder: required; "
+                                                       "diffusion: adds the trajectory and sampler figures)")
     figures.add_argument("--out", help="folder for the PNG files")
     figures.add_argument("--seed", type=int, default=0)
     figures.add_argument("--raw-weights", action="store_true")

@@ -255,7 +255,8 @@ def sample_normal(
 ) -> Tensor:
     """Reparameterised samples ``z = mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)``.
 
-    This is the reparameterisation trick (Luo (2022) eqs. 20-21): the randomness lives in
+    This is the reparameterisation trick (Luo (2022), sec. "Variational Autoencoders"; unnumbered
+    there, applied to the Gaussian q of eqs. 20-21): the randomness lives in
     ``eps`` alone, so ``z`` is a differentiable function of ``mean`` and ``logvar``.
     Returns shape ``(num_samples, *broadcast(mean, logvar).shape)``.
     """
@@ -321,7 +322,8 @@ class Gaussian:
     def sample(self, num_samples: int, generator: torch.Generator) -> Tensor:
         """Reparameterised samples ``z = mean + L eps`` with ``L L^T = covariance``; ``(num_samples, d)``.
 
-        The full-covariance version of Luo (2022) eqs. 20-21. Needs a single Gaussian, not a batch.
+        The full-covariance version of the reparameterisation trick (Luo (2022), sec. "Variational
+        Autoencoders"). Needs a single Gaussian, not a batch.
         """
         if self.mean.dim() != 1 or self.covariance.dim() != 2:
             raise ValueError("sample() needs a single Gaussian: mean (d,), covariance (d, d)")
@@ -584,8 +586,8 @@ def reparameterisation_gradient_samples(
 ) -> Tensor:
     """Single-sample reparameterisation estimates of ``grad_(mean, log_std) E_{z ~ N(mean, std^2)}[f(z)]``.
 
-    Write ``z = mean + std * eps`` (Luo (2022) eqs. 20-21) and differentiate through the
-    sample: ``grad = f'(z) * dz/dtheta``, i.e. ``(f'(z), f'(z) * std * eps)``. Needs ``f`` to
+    Write ``z = mean + std * eps`` (Luo (2022), sec. "Variational Autoencoders") and differentiate
+    through the sample: ``grad = f'(z) * dz/dtheta``, i.e. ``(f'(z), f'(z) * std * eps)``. Needs ``f`` to
     be differentiable. Returns ``(num_samples, 2)``; the mean over rows is the estimate.
     """
     means, log_stds = _per_sample_parameters(mean, log_std, num_samples)

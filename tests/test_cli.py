@@ -120,3 +120,22 @@ def test_probability_figures_from_cli_refuse_to_overwrite(tmp_path, capsys):
     assert len(written) == 5
     assert "already exists" in error_of(capsys, ["figures", "probability", "--out", str(tmp_path)])
     assert written == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+
+
+def test_eval_reports_fid_on_our_classifier_and_refuses_a_mismatched_one(trained_run, tmp_path, capsys):
+    classifier = tmp_path / "classifier"
+    assert main(["train", "--config", "classifier_mnist", "--set", "data.dataset=digits", "--set", "train.steps=60",
+                 "--set", "train.batch_size=64", "--set", "train.eval_every=0", "--no-progress",
+                 "--out", str(classifier)]) == 0
+    out = tmp_path / "fid.json"
+    assert main(["eval", str(trained_run), "--fid-classifier", str(classifier), "--fid-samples", "200",
+                 "--skip-likelihood", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["FID-digits"] > 0 and 0 <= results["classes_tv_from_test"] <= 1
+    assert "not Inception FID" in capsys.readouterr().out
+    config_path = classifier / "checkpoint" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["data"]["dataset"] = "mnist"
+    config_path.write_text(json.dumps(config))
+    assert "FID needs a classifier of the model's dataset" in error_of(
+        capsys, ["eval", str(trained_run), "--fid-classifier", str(classifier), "--skip-likelihood"])

@@ -1,6 +1,6 @@
 """The variational bound of a diffusion model on 8-bit images, in nats and bits per dimension.
 
--log p(x) <= prior + reconstruction + diffusion  (Luo 2022, the three terms of the VDM ELBO):
+-log p(x) <= prior + reconstruction + diffusion  (Luo 2022 eq. 58, the three terms of the VDM ELBO):
 
     prior           KL(q(x_1 | x) || N(0, I)): how far the last latent is from pure noise
     reconstruction  -E log p(x | z_0) under a *discrete* decoder over the 256 pixel levels

@@ -9,7 +9,7 @@ predictions are affine in x0 (see ``parameterisation.py``):
 
 So a loss is w(lambda) ||x0 - x0_hat||^2 for some weighting w, and "simple", "snr", "min_snr"
 and the ELBO itself are just different w (Kingma & Gao 2023 make the same point).
-The variational bound's denoising terms are (Luo 2022, eq. 108 and the continuous limit of VDM):
+The variational bound's denoising terms are (Luo 2022 eq. 110, and its continuous limit in VDM):
 
     discrete, T steps:  sum_i 1/2 (SNR(s_i) - SNR(t_i)) ||x0 - x0_hat(x_{t_i}, t_i)||^2,   s_i = t_i - 1/T
     continuous:         -1/2 int_0^1 SNR'(t) ||x0 - x0_hat(x_t, t)||^2 dt
@@ -107,7 +107,7 @@ def diffusion_term(denoiser, x0: torch.Tensor, *, num_steps: int | None = None, 
     ``num_steps=None``: continuous time, 1/2 (lambda_max - lambda_min) e^lambda ||x0 - x0_hat||^2 with
     lambda ~ U(lambda_min, lambda_max) and t = lambda^-1(lambda).
     ``num_steps=T``: discrete time, T * 1/2 (SNR(s) - SNR(t)) ||x0 - x0_hat||^2 with t = i / T,
-    s = (i - 1) / T and i uniform in {1, ..., T} (Luo 2022 eq. 108, one term drawn at random).
+    s = (i - 1) / T and i uniform in {1, ..., T} (Luo 2022 eqs. 100 and 110: one term drawn at random).
     """
     batch = len(x0)
     if num_steps is None:

@@ -2,7 +2,7 @@
 
 Every schedule here is variance preserving: x_t = alpha_t x_0 + sigma_t eps with
 alpha_t^2 + sigma_t^2 = 1 (Luo 2022 eq. 69 in continuous time). Writing
-lambda(t) = log(alpha_t^2 / sigma_t^2), the log-SNR, fixes both (Luo 2022 eqs. 100-108,
+lambda(t) = log(alpha_t^2 / sigma_t^2), the log-SNR, fixes both (Luo 2022 eqs. 109-114,
 Kingma et al. 2021):
 
     alpha_t^2 = sigmoid(lambda(t)),    sigma_t^2 = sigmoid(-lambda(t)).

@@ -11,9 +11,12 @@ from typing import Any
 from minisd.errors import MinisdError
 from minisd.models.autoencoder import Autoencoder
 from minisd.models.base import Model
+from minisd.models.classifier import Classifier
+from minisd.models.diffusion import DiffusionModel
+from minisd.models.hvae import HierarchicalVAE
 from minisd.models.vae import VAE
 
-MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (Autoencoder, VAE)}
+MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (Autoencoder, VAE, HierarchicalVAE, DiffusionModel, Classifier)}
 
 
 def build_model(config: dict[str, Any]) -> Model:
@@ -28,4 +31,4 @@ def build_model(config: dict[str, Any]) -> Model:
         raise MinisdError(f"cannot build a {model_type} from {config}: {err}") from None
 
 
-__all__ = ["MODELS", "Model", "Autoencoder", "VAE", "build_model"]
+__all__ = ["MODELS", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier", "build_model"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from minisd.eval.likelihood import importance_weighted_log_likelihood
 from minisd.nn import image_decoder, image_encoder
 
 
@@ -20,6 +23,7 @@ class Model(nn.Module):
 
     model_type: ClassVar[str]
     can_sample: ClassVar[bool] = False
+    has_samplers: ClassVar[bool] = False  # sample() takes sampler, steps, spacing, eta (diffusion models)
 
     def __init__(self, **hparams: Any):
         super().__init__()
@@ -56,3 +60,32 @@ class EncoderDecoderModel(Model):
         self.latent_dim = latent_dim
         self.encoder = image_encoder(self.image_shape, self.outputs_per_latent * latent_dim, **network)
         self.decoder = image_decoder(latent_dim, self.image_shape, **network)
+
+
+class LatentVariableModel(Model):
+    """A model p(x) = int p(x, z) dz of images with Bernoulli pixels, scored by importance sampling.
+
+    Subclasses give ``log_importance_weights(images, num_samples) -> (S, B)``, the values
+    log p(x, z_s) - log q(z_s | x) for z_s ~ q(z | x), and ``image_shape``; :meth:`nll` follows.
+    """
+
+    image_shape: tuple[int, int, int]
+
+    @staticmethod
+    def bernoulli_log_likelihood(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) for Bernoulli pixels: minus the binary cross-entropy summed over pixels. ``(..., C, H, W) -> (...)``."""
+        images = images.expand_as(logits)
+        return -F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(-3).sum(-1)
+
+    def log_importance_weights(self, images: torch.Tensor, num_samples: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def nll(self, batch: dict[str, Any], num_samples: int = 1) -> dict[str, torch.Tensor]:
+        """Upper bound on -log p(x) per image: ``nats`` ``(B,)`` and ``bits_per_dim`` ``(B,)``.
+
+        ``num_samples=1`` gives -ELBO; more samples give the tighter importance-weighted bound.
+        """
+        images = batch["image"]
+        nats = -importance_weighted_log_likelihood(lambda s: self.log_importance_weights(images, s), num_samples)
+        return {"nats": nats, "bits_per_dim": nats / (math.log(2) * math.prod(self.image_shape))}

@@ -13,18 +13,16 @@ With ``latent_dim=2, hidden=[256]`` this is the classic MNIST VAE of the learnin
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from minisd.eval.likelihood import importance_weighted_log_likelihood
-from minisd.models.base import EncoderDecoderModel
+from minisd.models.base import EncoderDecoderModel, LatentVariableModel
 from minisd.probability import gaussian_log_density, kl_normal, sample_normal
 
 
-class VAE(EncoderDecoderModel):
+class VAE(EncoderDecoderModel, LatentVariableModel):
     """Gaussian encoder, Bernoulli decoder, standard normal prior; MLP or convolutional networks."""
 
     model_type = "vae"
@@ -41,19 +39,13 @@ class VAE(EncoderDecoderModel):
         flat = latents.reshape(-1, self.latent_dim)
         return self.decoder(flat).reshape(*latents.shape[:-1], *self.image_shape)
 
-    @staticmethod
-    def log_likelihood(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) for Bernoulli pixels: minus the binary cross-entropy summed over pixels. ``(..., C, H, W) -> (...)``."""
-        images = images.expand_as(logits)
-        return -F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(-3).sum(-1)
-
     def elbo(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Single-sample ELBO per image (Luo 2022 eq. 19), with its two terms. Each is ``(B,)``, in nats."""
         mean, log_var = self.encode(images)
-        # The reparameterisation trick (Luo 2022 eqs. 20-21): z = mean + exp(log_var / 2) * eps,
-        # so gradients reach the encoder through mean and log_var.
+        # The reparameterisation trick (Luo 2022, sec. "Variational Autoencoders"):
+        # z = mean + exp(log_var / 2) * eps, so gradients reach the encoder through mean and log_var.
         latents = sample_normal(mean, log_var, num_samples=1)[0]
-        reconstruction = self.log_likelihood(images, self.decode(latents))
+        reconstruction = self.bernoulli_log_likelihood(images, self.decode(latents))
         prior_kl = kl_normal(mean, log_var, torch.zeros_like(mean), torch.zeros_like(log_var)).sum(-1)
         return reconstruction - prior_kl, reconstruction, prior_kl
 
@@ -73,17 +65,7 @@ class VAE(EncoderDecoderModel):
         latents = sample_normal(mean, log_var, num_samples)
         log_prior = gaussian_log_density(latents, torch.zeros_like(mean), torch.zeros_like(log_var)).sum(-1)
         log_posterior = gaussian_log_density(latents, mean, log_var).sum(-1)
-        return self.log_likelihood(images, self.decode(latents)) + log_prior - log_posterior
-
-    @torch.no_grad()
-    def nll(self, batch: dict[str, Any], num_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Upper bound on -log p(x) per image: ``nats`` ``(B,)`` and ``bits_per_dim`` ``(B,)``.
-
-        ``num_samples=1`` gives -ELBO; more samples give the tighter importance-weighted bound.
-        """
-        images = batch["image"]
-        nats = -importance_weighted_log_likelihood(lambda s: self.log_importance_weights(images, s), num_samples)
-        return {"nats": nats, "bits_per_dim": nats / (math.log(2) * math.prod(self.image_shape))}
+        return self.bernoulli_log_likelihood(images, self.decode(latents)) + log_prior - log_posterior
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:

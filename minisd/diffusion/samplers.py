@@ -1,0 +1,314 @@
+"""Samplers: from noise at t_0 = ``ts[0]`` to data at ``ts[-1] = 0``, through the denoiser interface only.
+
+Every sampler is a plain function in the manner of k-diffusion's ``sampling.py``::
+
+    sample_xxx(denoiser, x, ts, *, cond=None, generator=None, callback=None, **algorithm_args) -> x0
+
+``x`` is the starting noise ``(B, ...)`` at time ``ts[0]`` (N(0, sigma_{t_0}^2 I); sigma is about 1 at t = 1),
+``ts`` the time grid ``(N + 1,)`` of :func:`minisd.diffusion.spacing.time_steps`, descending to exactly 0.
+Step i goes from t = ts[i] to s = ts[i + 1]; the step to s = 0 returns the denoised estimate, so the
+denoiser is never called at t = 0. ``callback(dict(step=i, t=s, x=x_s, x0_pred=x0_pred))`` runs after each
+step: ``x`` is the new state at time s, ``x0_pred`` the estimate (made at t) that moved it there.
+Noise comes from ``torch.randn(..., generator=generator)`` only, so a seed fixes the samples.
+
+Two views of one reverse process run through this file (VP: x_t = alpha_t x_0 + sigma_t eps):
+
+- the Gaussian posterior q(x_s | x_t, x_0) with x_0 replaced by the denoiser's x0_pred (DDPM, DDIM);
+- the probability-flow ODE in variance-exploding coordinates x_ve = x_t / alpha_t, sigma_ve = sigma_t / alpha_t,
+  where it reads dx_ve / dsigma_ve = eps_pred (Karras et al. 2022, eq. 4 and Table 1 with s(t) = alpha_t),
+  solved by Euler, Heun or, in log-SNR, by the exponential integrator DPM-Solver++.
+
+They meet: DDIM with eta = 0 is Euler on the ODE, DDIM with eta = 1 is DDPM, and Euler ancestral is
+DDIM with the same eta. The tests check these identities, so the code of each can be read as its paper wrote it.
+
+Denoiser evaluations (NFE) per step, as in :data:`NFE_PER_STEP`: 1 for every sampler except Heun, which
+needs 2 (but 1 on its last step to t = 0): see :func:`num_evaluations`.
+
+The ends of a schedule. At t = 1 the cosine schedule's alpha is 4.5e-5 (its log-SNR is clamped at -20),
+sigma_ve is 22000, and the first step jumps from there to wherever the grid goes next. The updates are
+written to stay finite and accurate there: DDPM and DDIM divide only by alpha_s >= alpha_t; the VE
+samplers divide by alpha_t, but x_ve + (sigma_ve_s - sigma_ve_t) eps_pred is x0_pred + sigma_ve_s eps_pred
+with a rounding error of float epsilon times sigma_ve_t (the tests run them in float32); DPM-Solver++
+weighs x0_pred by alpha_s (1 - exp(-h)) <= 1, never x_t by alpha_s / alpha_t, and its first step is
+first order. At the clean end the grid's final t = 0 means alpha = 1, sigma = 0: every last step
+returns x0_pred.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from minisd.diffusion.denoiser import Denoiser
+from minisd.diffusion.parameterisation import eps_from_x0
+from minisd.diffusion.spacing import time_steps
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------------------
+# Shared steps
+# --------------------------------------------------------------------------------------
+
+
+def _grid(denoiser: Denoiser, ts: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The grid ``ts`` in the dtype and on the device of ``x``, with its alphas and sigmas ``(N + 1,)``.
+
+    t = 0 means clean data: alpha = 1 and sigma = 0 exactly. (The schedule clamps lambda(0) to
+    LOG_SNR_MAX, a sigma of 4.5e-5; the final step returns the denoiser's estimate instead of stepping
+    to that residual noise.)
+    """
+    ts = ts.to(x)
+    alphas, sigmas = denoiser.schedule.alpha_sigma(ts)
+    clean = ts == 0
+    return ts, torch.where(clean, 1.0, alphas), torch.where(clean, 0.0, sigmas)
+
+
+def _denoise(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+    """x0_pred = D(x_t, t, cond) with the grid's scalar t broadcast to the batch ``(B,)``."""
+    return denoiser(x, t.expand(x.shape[0]), cond)
+
+
+def _ve_euler_step(x: torch.Tensor, slope: torch.Tensor, alpha_t: torch.Tensor, sigma_ve_t: torch.Tensor,
+                   alpha_s: torch.Tensor, sigma_ve_s: torch.Tensor) -> torch.Tensor:
+    """An Euler step of dx_ve / dsigma_ve = ``slope`` from sigma_ve_t to sigma_ve_s, in and out of VP coordinates.
+
+    The VP -> VE change of variables of Karras et al. (2022, eq. 4): x_ve = x_t / alpha_t and
+    sigma_ve = sigma_t / alpha_t turn every VP schedule into x_ve = x_0 + sigma_ve eps. Then
+    dx_ve / dsigma_ve = (x_ve - x0_pred) / sigma_ve = eps_pred, and the step lands at x_s = alpha_s x_ve.
+    """
+    return alpha_s * (x / alpha_t + (sigma_ve_s - sigma_ve_t) * slope)
+
+
+def _posterior_std(alpha_t: torch.Tensor, sigma_t: torch.Tensor, alpha_s: torch.Tensor,
+                   sigma_s: torch.Tensor) -> torch.Tensor:
+    """The standard deviation of q(x_s | x_t, x_0), s < t: sigma_s sigma_{t|s} / sigma_t (Luo (2022) eq. 85).
+
+    In alpha/sigma form the forward step s -> t is x_t = alpha_{t|s} x_s + sigma_{t|s} eps with
+    alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2; 0 when s = 0.
+    """
+    sigma_ts_squared = sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2
+    return sigma_s * sigma_ts_squared.clamp(min=0).sqrt() / sigma_t  # clamp: rounding when s is close to t
+
+
+def _add_noise(x: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """x + std z with z ~ N(0, I) from ``generator``; no draw at all when std is 0 (a deterministic or final step)."""
+    if std == 0:
+        return x
+    return x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+# --------------------------------------------------------------------------------------
+# Samplers
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
+                generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """Ancestral sampling of DDPM (Ho et al. 2020, Alg. 2), on any time grid. 1 NFE per step.
+
+    Each step draws x_s from the Gaussian posterior q(x_s | x_t, x_0 = x0_pred) (Luo (2022) eqs. 84-85,
+    in alpha/sigma form so that any pair of times s < t is one step):
+
+        mean = alpha_{t|s} sigma_s^2 / sigma_t^2 x_t + alpha_s sigma_{t|s}^2 / sigma_t^2 x0_pred,
+        var  = sigma_{t|s}^2 sigma_s^2 / sigma_t^2,
+
+    with alpha_{t|s} = alpha_t / alpha_s, sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2: Ho et al.'s
+    variance choice beta-tilde, not beta. At s = 0 the mean is x0_pred and the variance 0. Plugging in only
+    the posterior mean of x0 loses its posterior variance, so the error falls only as 1 / steps.
+    """
+    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    for i in range(len(ts) - 1):
+        alpha_t, sigma_t, alpha_s, sigma_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        alpha_ts = alpha_t / alpha_s
+        sigma_ts_squared = sigma_t**2 - alpha_ts**2 * sigma_s**2
+        mean = (alpha_ts * sigma_s**2 * x + alpha_s * sigma_ts_squared * x0_pred) / sigma_t**2
+        x = _add_noise(mean, _posterior_std(alpha_t, sigma_t, alpha_s, sigma_s), generator)
+        if callback is not None:
+            callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
+                generator: torch.Generator | None = None, callback: Callback | None = None,
+                eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12), deterministic for ``eta = 0``. 1 NFE per step.
+
+        x_s = alpha_s x0_pred + sqrt(sigma_s^2 - c^2) eps_pred + c z,   c = eta * std q(x_s | x_t, x_0)
+
+    keeps the marginal noise level sigma_s for any eta in [0, 1] (Song et al. eq. 16 for c); eta = 1 is the
+    ancestral variance, and then DDIM is DDPM. With eta = 0 it is Euler on the probability-flow ODE.
+    """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"DDIM needs 0 <= eta <= 1, got {eta}")
+    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    for i in range(len(ts) - 1):
+        alpha_t, sigma_t, alpha_s, sigma_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        eps_pred = eps_from_x0(x0_pred, x, alpha_t, sigma_t)
+        noise_std = eta * _posterior_std(alpha_t, sigma_t, alpha_s, sigma_s)
+        x = alpha_s * x0_pred + (sigma_s**2 - noise_std**2).clamp(min=0).sqrt() * eps_pred
+        x = _add_noise(x, noise_std, generator)
+        if callback is not None:
+            callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
+    return x
+
+
+@torch.no_grad()
+def sample_euler(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
+                 generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without its second-order step).
+
+    1 NFE per step. In VE coordinates dx_ve / dsigma_ve = eps_pred, so a step is
+    x_ve <- x_ve + (sigma_ve_s - sigma_ve_t) eps_pred. ``generator`` is unused: the ODE is deterministic.
+    """
+    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    sigmas_ve = sigmas / alphas
+    for i in range(len(ts) - 1):
+        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        eps_pred = eps_from_x0(x0_pred, x, alphas[i], sigmas[i])
+        x = _ve_euler_step(x, eps_pred, alphas[i], sigmas_ve[i], alphas[i + 1], sigmas_ve[i + 1])
+        if callback is not None:
+            callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
+                generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Alg. 1).
+
+    An Euler step to s, then the step again with the average of the slopes at t and at the Euler
+    point (the trapezoidal rule). 2 NFE per step, except the last step to t = 0, which is Euler
+    (the slope at sigma = 0 is undefined): 2N - 1 for N steps.
+
+    The trapezoid assumes eps_pred linear in sigma_ve across a step, and its correction is the change
+    of x0_pred times (sigma_ve_t / sigma_ve_s - 1) / 2. On the cosine schedule's uniform grid the first
+    step goes from sigma_ve = 22000 to 31 (50 steps) or 12 (20 steps), and that factor of 350-900 wrecks
+    the samples, finite as they stay. Give Heun a grid whose steps are moderate in log sigma:
+    ``log_snr`` or ``karras``.
+    """
+    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    sigmas_ve = sigmas / alphas
+    for i in range(len(ts) - 1):
+        interval = (alphas[i], sigmas_ve[i], alphas[i + 1], sigmas_ve[i + 1])
+        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        eps_pred = eps_from_x0(x0_pred, x, alphas[i], sigmas[i])
+        x_euler = _ve_euler_step(x, eps_pred, *interval)
+        if ts[i + 1] > 0:
+            x0_next = _denoise(denoiser, x_euler, ts[i + 1], cond)
+            eps_next = eps_from_x0(x0_next, x_euler, alphas[i + 1], sigmas[i + 1])
+            x = _ve_euler_step(x, (eps_pred + eps_next) / 2, *interval)
+        else:
+            x = x_euler
+        if callback is not None:
+            callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
+                    generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2): a multistep exponential integrator. 1 NFE per step.
+
+    DPM-Solver's lambda is log(alpha / sigma), half our log-SNR; a step has h = lambda_s - lambda_t > 0.
+    The linear part of the ODE is integrated exactly and x0_pred extrapolated linearly in lambda from
+    the last two estimates (ratio r = h_prev / h):
+
+        D   = (1 + 1 / (2r)) x0_pred - 1 / (2r) x0_prev
+        x_s = (sigma_s / sigma_t) x_t - alpha_s (exp(-h) - 1) D
+
+    Every weight is bounded (sigma_s / sigma_t <= 1, -expm1(-h) < 1), so the huge first step of the cosine
+    schedule, from lambda = -10, stays finite where the noise-prediction form (alpha_s / alpha_t) x_t
+    would not. The first step has no x0_prev and the last (h = inf, to t = 0) no meaningful r: both are
+    first order, which is DDIM, and the last returns x0_pred.
+    """
+    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    lambdas = alphas.log() - sigmas.log()  # +inf at t = 0
+    x0_prev, h_prev = None, None
+    for i in range(len(ts) - 1):
+        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        h = lambdas[i + 1] - lambdas[i]
+        if x0_prev is None or ts[i + 1] == 0:
+            x0_blend = x0_pred
+        else:
+            r = h_prev / h
+            x0_blend = (1 + 1 / (2 * r)) * x0_pred - 1 / (2 * r) * x0_prev
+        x = (sigmas[i + 1] / sigmas[i]) * x - alphas[i + 1] * torch.expm1(-h) * x0_blend
+        x0_prev, h_prev = x0_pred, h
+        if callback is not None:
+            callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
+                           generator: torch.Generator | None = None, callback: Callback | None = None,
+                           eta: float = 1.0) -> torch.Tensor:
+    """Euler ancestral, as in k-diffusion's ``sample_euler_ancestral``. 1 NFE per step.
+
+    Split the VE step to sigma_ve_s into a deterministic Euler step down to
+    sigma_down = sqrt(sigma_ve_s^2 - sigma_up^2) and fresh noise of std sigma_up, where sigma_up is
+    ``eta`` times the posterior std (capped at sigma_ve_s). The total noise level at s is right for any
+    eta; eta = 0 is Euler, and for eta <= 1 it equals DDIM with the same eta.
+    """
+    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    sigmas_ve = sigmas / alphas
+    for i in range(len(ts) - 1):
+        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        eps_pred = eps_from_x0(x0_pred, x, alphas[i], sigmas[i])
+        # In VE coordinates the posterior std is the VP one over alpha_s.
+        posterior_std_ve = _posterior_std(alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]) / alphas[i + 1]
+        sigma_up = torch.minimum(sigmas_ve[i + 1], eta * posterior_std_ve)
+        sigma_down = (sigmas_ve[i + 1] ** 2 - sigma_up**2).sqrt()
+        x = _ve_euler_step(x, eps_pred, alphas[i], sigmas_ve[i], alphas[i + 1], sigma_down)
+        x = _add_noise(x, alphas[i + 1] * sigma_up, generator)
+        if callback is not None:
+            callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "euler_ancestral": sample_euler_ancestral,
+}
+
+NFE_PER_STEP: dict[str, int] = {"ddpm": 1, "ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 1, "euler_ancestral": 1}
+
+
+def num_evaluations(sampler: str, steps: int) -> int:
+    """How many times ``sampler`` calls the denoiser in ``steps`` steps (Heun's last step is Euler: 2N - 1)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    return NFE_PER_STEP[sampler] * steps - (1 if sampler == "heun" else 0)
+
+
+@torch.no_grad()
+def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_2m", steps: int = 20,
+           spacing: str = "log_snr", generator: torch.Generator | None = None, cond: Any = None,
+           callback: Callback | None = None, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None, **sampler_args: Any) -> torch.Tensor:
+    """``shape[0]`` samples of shape ``shape``: initial noise N(0, sigma_1^2 I) from ``generator``, then ``sampler``.
+
+    ``steps`` counts steps, not denoiser evaluations: see :func:`num_evaluations` (Heun spends about
+    twice as many). ``sampler_args`` go to the sampler (``eta`` for ddim and euler_ancestral).
+    The default grid is uniform in log-SNR, the variable DPM-Solver++ steps in. On the Gaussian data of
+    the tests it is the best grid for dpmpp_2m on every schedule and the only one on which Heun does well
+    on all three; ``karras``, from the cosine schedule's sigma_max of 22000, spends most of a small
+    budget where the image is still pure noise.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    ts = time_steps(denoiser.schedule, steps, spacing)
+    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    _, sigma_max = denoiser.schedule.alpha_sigma(ts[:1].to(noise))
+    return SAMPLERS[sampler](denoiser, sigma_max * noise, ts, cond=cond, generator=generator, callback=callback,
+                             **sampler_args)

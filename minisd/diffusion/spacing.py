@@ -1,0 +1,66 @@
+"""Time grids for samplers: which times t_0 > t_1 > ... > t_N = 0 a sampler visits.
+
+A grid of ``num_steps`` steps has ``num_steps + 1`` times: ``num_steps`` positive ones from ``t_max``
+down to ``t_min``, then exactly 0.0, which samplers read as "return the denoised estimate" (the
+last step goes to clean data, where sigma = 0). How the positive times are spread matters as much
+as how many there are: a step's error grows with the change of log-SNR across it, and a grid uniform
+in t gives the cosine schedule's first step the jump from lambda = -20 (t = 1) to -1.8 (t = 0.75, 5 steps).
+
+    uniform   uniform in t (DDPM / DDIM)
+    log_snr   uniform in lambda = log(alpha^2 / sigma^2), the variable DPM-Solver steps in (Lu et al. 2022)
+    karras    Karras et al. (2022) eq. 5 in the variance-exploding sigma = sigma_t / alpha_t = exp(-lambda / 2):
+              sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+              dense at low noise, where errors are visible in the image
+"""
+
+from __future__ import annotations
+
+import torch
+
+from minisd.diffusion.schedules import NoiseSchedule
+
+SPACINGS = ("uniform", "log_snr", "karras")
+
+# The least noisy time a grid stops at before its final jump to 0: one step of a 1000-step DDPM,
+# the smallest time its network ever saw. There lambda is about 9 (linear), 10 (cosine) and 13
+# (learned at init): sigma / alpha is 0.01 or less, so the final denoising step has little left to do.
+T_MIN = 1e-3
+
+
+def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", t_max: float = 1.0,
+               t_min: float | None = None, rho: float = 7.0) -> torch.Tensor:
+    """The times ``(num_steps + 1,)``, descending from ``t_max`` through ``t_min`` (default ``T_MIN``) to 0.0.
+
+    ``rho`` is the Karras et al. (2022) exponent (7 in the paper); only ``karras`` uses it. The grid is
+    computed in float64, or in the dtype of a learned schedule's parameters, on their device.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    t_min = T_MIN if t_min is None else t_min
+    if not 0 < t_min <= t_max <= 1:
+        raise ValueError(f"need 0 < t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    # A learned schedule evaluates only in its parameters' dtype and on their device; the others in any.
+    parameter = next(schedule.parameters(), None)
+    factory = {"dtype": torch.float64} if parameter is None else {"dtype": parameter.dtype, "device": parameter.device}
+
+    ramp = torch.linspace(0, 1, num_steps, **factory)  # [0] for one step: just t_max
+    ends = torch.tensor([t_max, t_min], **factory)
+    if spacing == "uniform":
+        times = ends[0] + ramp * (ends[1] - ends[0])
+    else:
+        with torch.no_grad():
+            log_snr_max_noise, log_snr_min_noise = schedule.log_snr(ends)
+            if spacing == "log_snr":
+                log_snr = log_snr_max_noise + ramp * (log_snr_min_noise - log_snr_max_noise)
+            else:
+                # lambda = -2 log sigma_ve, so sigma_ve = exp(-lambda / 2).
+                root_max = torch.exp(-log_snr_max_noise / (2 * rho))  # sigma_max^(1 / rho)
+                root_min = torch.exp(-log_snr_min_noise / (2 * rho))
+                log_snr = -2 * rho * torch.log(root_max + ramp * (root_min - root_max))
+            times = schedule.time_at_log_snr(log_snr)
+        # Where the log-SNR is clamped (the cosine schedule near t = 1) its inverse is not unique: start
+        # at t_max itself, the time the sampler's initial noise is drawn for.
+        times[0] = ends[0]
+    return torch.cat([times, times.new_zeros(1)])

@@ -1,0 +1,97 @@
+"""Chapter "Variational diffusion models": DDPM / VDM on images (Luo 2022, "Variational Diffusion Models").
+
+The model is a UNet behind the denoiser interface, a noise schedule, and a choice of what the
+network predicts (x0, eps, v, score) and how the denoising errors are weighted. Training draws
+t, noises the image to x_t = alpha_t x0 + sigma_t eps and regresses; sampling runs any sampler of
+``minisd.diffusion.samplers``; ``nll`` is the variational bound in bits per dimension.
+Images arrive in [0, 1] and are modelled in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from minisd.diffusion import NetworkDenoiser, build_schedule
+from minisd.diffusion.likelihood import prior_term, reconstruction_term, variational_bound
+from minisd.diffusion.losses import WEIGHTINGS, denoising_loss
+from minisd.diffusion.samplers import sample as run_sampler
+from minisd.models.base import Model
+from minisd.nn.unet import UNet
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return images * 2 - 1
+
+
+def to_8bit_grid(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> the 256 levels k / 127.5 - 1 in [-1, 1] that the likelihood is defined on."""
+    return (images * 255).round() / 127.5 - 1
+
+
+class DiffusionModel(Model):
+    """A diffusion model of images with a UNet denoiser; every schedule, parameterisation and weighting."""
+
+    model_type = "diffusion"
+    can_sample = True
+    has_samplers = True
+
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), schedule: str = "cosine",
+                 prediction: str = "eps", weighting: str = "simple", min_snr_gamma: float = 5.0,
+                 base_channels: int = 32, channel_mults: list[int] = (1, 2, 2), num_res_blocks: int = 1,
+                 attention_levels: list[int] | None = None, num_heads: int = 4, dropout: float = 0.0,
+                 num_classes: int | None = None, sampler: str = "dpmpp_2m", sample_steps: int = 20):
+        super().__init__(image_shape=list(image_shape), schedule=schedule, prediction=prediction,
+                         weighting=weighting, min_snr_gamma=min_snr_gamma, base_channels=base_channels,
+                         channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
+                         attention_levels=None if attention_levels is None else list(attention_levels),
+                         num_heads=num_heads, dropout=dropout, num_classes=num_classes, sampler=sampler,
+                         sample_steps=sample_steps)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        self.image_shape = tuple(image_shape)
+        self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
+        self.num_classes = num_classes
+        self.sampler, self.sample_steps = sampler, sample_steps
+        self.schedule = build_schedule(schedule)
+        network = UNet(in_channels=image_shape[0], base_channels=base_channels, channel_mults=channel_mults,
+                       num_res_blocks=num_res_blocks, attention_levels=attention_levels, num_heads=num_heads,
+                       dropout=dropout, num_classes=num_classes)
+        self.denoiser = NetworkDenoiser(network, self.schedule, prediction)
+
+    def condition(self, batch: dict[str, Any]) -> Any:
+        """What the network is conditioned on: the class labels for a class-conditional model, else nothing."""
+        return batch.get("label") if self.num_classes is not None else None
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        x0 = to_model_range(batch["image"])
+        per_example = denoising_loss(self.denoiser, x0, weighting=self.weighting, cond=self.condition(batch),
+                                     min_snr_gamma=self.min_snr_gamma)
+        if self.weighting == "vlb":
+            # The whole bound, so that a learned schedule's end points are trained too (VDM, sec. 5).
+            per_example = per_example + prior_term(self.schedule, x0) + reconstruction_term(self.schedule, x0)
+        loss = per_example.mean()
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def nll(self, batch: dict[str, Any], num_samples: int = 1, num_steps: int | None = None) -> dict[str, torch.Tensor]:
+        """The variational bound on -log p(x) of 8-bit images, per image: ``nats`` and ``bits_per_dim`` ``(B,)``.
+
+        An average of ``num_samples`` one-sample estimates; ``num_steps=None`` is continuous time.
+        """
+        x0 = to_8bit_grid(batch["image"])
+        estimates = [variational_bound(self.denoiser, x0, num_steps=num_steps, cond=self.condition(batch))
+                     for _ in range(num_samples)]
+        return {key: torch.stack([e[key] for e in estimates]).mean(0) for key in ("nats", "bits_per_dim")}
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, sampler: str | None = None,
+               steps: int | None = None, cond: Any = None,
+               callback: Callable[[dict], None] | None = None, **sampler_args: Any) -> torch.Tensor:
+        """``n`` images ``(n, C, H, W)`` in [0, 1], by ``sampler`` (default: the model's) in ``steps`` steps."""
+        x0 = run_sampler(self.denoiser, (n, *self.image_shape), sampler=sampler or self.sampler,
+                         steps=steps or self.sample_steps, generator=generator, cond=cond, callback=callback,
+                         device=self.device, **sampler_args)
+        return ((x0 + 1) / 2).clamp(0, 1)

@@ -1,0 +1,213 @@
+"""The UNet: the network inside minisd's image diffusion models, ``(x_t, t, cond) -> prediction``.
+
+The layout of Ronneberger et al. (2015) as adapted to diffusion by Ho et al. (2020) and
+Dhariwal & Nichol (2021), with the cross-attention of Rombach et al. (2022):
+
+    input conv
+    per level, finest first:   residual blocks (+ attention), then a stride-2 downsample
+    middle:                    residual block + attention, residual block   (coarsest resolution)
+    per level, coarsest first: residual blocks (+ attention) fed the matching skip, then an upsample
+    GroupNorm -> SiLU -> output conv
+
+Every level but the last halves the resolution: ``channel_mults=(1, 2, 2)`` works at 28, 14, 7
+for MNIST and 32, 16, 8 for 32x32 images. Each down-path block's output is kept and concatenated
+to the input of one up-path block, so fine detail skips the bottleneck.
+
+Conditioning: the time embedding (plus a learned class embedding, when ``num_classes`` is set)
+sets a per-channel scale and shift inside every residual block; a text context enters through
+cross-attention in the attention blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from minisd.nn.attention import SpatialAttention, zero_init
+from minisd.nn.embeddings import TimeEmbedding
+
+Conditioning = torch.Tensor | Mapping[str, torch.Tensor | None] | None
+CONDITION_KEYS = ("label", "context", "context_mask")
+
+
+class ResidualBlock(nn.Module):
+    """``skip(x) + branch(x, emb)``: ``x: (B, in_channels, H, W)``, ``emb: (B, embedding_dim)`` -> ``(B, out_channels, H, W)``.
+
+    branch = GroupNorm -> SiLU -> conv3x3 -> GroupNorm, scaled and shifted by the embedding
+    -> SiLU -> dropout -> conv3x3 (zero-initialised, so the block starts as ``skip``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, dropout: float = 0.0,
+                 groups: int = 8):
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, in_channels), nn.SiLU(),
+                                       nn.Conv2d(in_channels, out_channels, 3, padding=1))
+        # FiLM ("scale-shift norm", Dhariwal & Nichol 2021): the embedding rescales each channel
+        # after normalisation rather than only adding to it, so the noise level can set how strongly
+        # a feature is used; they found it better than adding. 1 + scale: a zero scale changes nothing.
+        self.embedding_to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(embedding_dim, 2 * out_channels))
+        self.out_norm = nn.GroupNorm(groups, out_channels)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
+                                        zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        hidden = self.in_layers(x)
+        scale, shift = self.embedding_to_scale_shift(emb)[:, :, None, None].chunk(2, dim=1)
+        hidden = self.out_norm(hidden) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(hidden)
+
+
+class UNetBlock(nn.Module):
+    """The unit the UNet repeats: a :class:`ResidualBlock`, then :class:`SpatialAttention` if ``attention``."""
+
+    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, *, attention: bool,
+                 num_heads: int, context_dim: int | None, dropout: float, groups: int):
+        super().__init__()
+        self.residual = ResidualBlock(in_channels, out_channels, embedding_dim, dropout, groups)
+        self.attention = SpatialAttention(out_channels, num_heads, context_dim) if attention else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.residual(x, emb)
+        return hidden if self.attention is None else self.attention(hidden, context, context_mask)
+
+
+def _downsample(channels: int) -> nn.Module:
+    return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+
+def _upsample(channels: int) -> nn.Module:
+    # Nearest-neighbour then a conv, rather than a transposed conv, whose overlapping strides
+    # leave checkerboard artefacts (Odena et al. 2016).
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1))
+
+
+class UNet(nn.Module):
+    """Image ``x: (B, in_channels, H, W)`` and times ``t: (B,)`` in [0, 1] -> ``(B, out_channels, H, W)``.
+
+    Level ``i`` has ``base_channels * channel_mults[i]`` channels at resolution ``H / 2**i``, and
+    ``num_res_blocks`` residual blocks on the way down (one more on the way up, for the skip of
+    the downsample). ``attention_levels`` lists the levels (0 = full resolution) whose blocks are
+    followed by attention; by default only the coarsest, which also gives the middle block its
+    attention; ``()`` builds a UNet without attention.
+
+    ``num_classes``: adds a class embedding with ``num_classes + 1`` rows; the last, index
+    ``num_classes`` (= :attr:`null_label`), is the "no class" token that classifier-free guidance
+    trains with and samples against. ``context_dim``: adds cross-attention to a context of that width.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 32,
+                 channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
+                 attention_levels: Sequence[int] | None = None, num_heads: int = 4, dropout: float = 0.0,
+                 num_classes: int | None = None, context_dim: int | None = None, groups: int = 8):
+        super().__init__()
+        num_levels = len(channel_mults)
+        coarsest = num_levels - 1
+        attention_levels = (coarsest,) if attention_levels is None else tuple(attention_levels)
+        if num_levels == 0 or num_res_blocks < 1:
+            raise ValueError("a UNet needs at least one level and one residual block per level")
+        if any(level not in range(num_levels) for level in attention_levels):
+            raise ValueError(f"attention_levels {attention_levels} must lie in 0..{coarsest} (one per channel mult)")
+        if any(base_channels * mult % groups for mult in (1, *channel_mults)):
+            raise ValueError(f"every level's channel count (base_channels * mult) must be divisible by groups={groups}")
+        if context_dim is not None and not attention_levels:
+            raise ValueError("cross-attention to a context needs attention blocks: give attention_levels")
+        self.in_channels, self.out_channels = in_channels, out_channels or in_channels
+        self.num_levels, self.num_classes, self.context_dim = num_levels, num_classes, context_dim
+        self.null_label = num_classes  # the "no class" index; None when there are no classes
+
+        embedding_dim = 4 * base_channels
+        self.time_embedding = TimeEmbedding(base_channels, embedding_dim)
+        self.class_embedding = None if num_classes is None else nn.Embedding(num_classes + 1, embedding_dim)
+
+        def block(in_ch: int, out_ch: int, attention: bool) -> UNetBlock:
+            return UNetBlock(in_ch, out_ch, embedding_dim, attention=attention, num_heads=num_heads,
+                             context_dim=context_dim, dropout=dropout, groups=groups)
+
+        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        channels, skip_channels = base_channels, [base_channels]
+        self.down_levels, self.downsamples = nn.ModuleList(), nn.ModuleList()
+        for level, mult in enumerate(channel_mults):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(block(channels, base_channels * mult, level in attention_levels))
+                channels = base_channels * mult
+                skip_channels.append(channels)
+            self.down_levels.append(blocks)
+            if level < coarsest:
+                self.downsamples.append(_downsample(channels))
+                skip_channels.append(channels)
+
+        self.middle = nn.ModuleList([block(channels, channels, coarsest in attention_levels),
+                                     block(channels, channels, False)])
+
+        self.up_levels, self.upsamples = nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(num_levels)):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                blocks.append(block(channels + skip_channels.pop(), base_channels * channel_mults[level],
+                                    level in attention_levels))
+                channels = base_channels * channel_mults[level]
+            self.up_levels.append(blocks)
+            if level > 0:
+                self.upsamples.append(_upsample(channels))
+
+        # Zero output conv: a fresh UNet predicts exactly 0 - the mean of eps, and a fair first
+        # guess of x0 or v - so training starts at the trivial loss instead of above it.
+        self.output = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(),
+                                    zero_init(nn.Conv2d(channels, self.out_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning = None) -> torch.Tensor:
+        """``cond``: None (no conditioning; all-null labels), class labels ``(B,)`` int64, or a dict with
+        optional ``"label"``, ``"context": (B, L, context_dim)`` and ``"context_mask": (B, L)`` bool."""
+        self._check_size(x)
+        labels, context, context_mask = self._split_conditioning(cond)
+        emb = self.time_embedding(t.expand(x.shape[0]))
+        if self.class_embedding is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+            emb = emb + self.class_embedding(labels)
+
+        hidden = self.input_conv(x)
+        skips = [hidden]
+        for level, blocks in enumerate(self.down_levels):
+            for block in blocks:
+                hidden = block(hidden, emb, context, context_mask)
+                skips.append(hidden)
+            if level < len(self.downsamples):
+                hidden = self.downsamples[level](hidden)
+                skips.append(hidden)
+        for block in self.middle:
+            hidden = block(hidden, emb, context, context_mask)
+        for level, blocks in enumerate(self.up_levels):
+            for block in blocks:
+                hidden = block(torch.cat([hidden, skips.pop()], dim=1), emb, context, context_mask)
+            if level < len(self.upsamples):
+                hidden = self.upsamples[level](hidden)
+        return self.output(hidden)
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        factor = 2 ** (self.num_levels - 1)
+        height, width = x.shape[-2:]
+        if height % factor or width % factor:
+            raise ValueError(f"image size {height}x{width} is not divisible by 2**(levels - 1) = {factor}, "
+                             f"which {self.num_levels} levels need; use fewer channel_mults or pad the images")
+
+    def _split_conditioning(self, cond: Conditioning) -> tuple[torch.Tensor | None, ...]:
+        if cond is None or isinstance(cond, torch.Tensor):
+            labels, context, context_mask = cond, None, None
+        elif isinstance(cond, Mapping):
+            unknown = set(cond) - set(CONDITION_KEYS)
+            if unknown:
+                raise ValueError(f"unknown conditioning keys {sorted(unknown)}; expected some of {CONDITION_KEYS}")
+            labels, context, context_mask = (cond.get(key) for key in CONDITION_KEYS)
+        else:
+            raise TypeError(f"cond must be None, a label tensor or a dict, not {type(cond).__name__}")
+        if labels is not None and self.class_embedding is None:
+            raise ValueError("class labels given, but this UNet was built without num_classes")
+        if context is not None and self.context_dim is None:
+            raise ValueError("a context given, but this UNet was built without context_dim")
+        return labels, context, context_mask

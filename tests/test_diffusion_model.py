@@ -1,0 +1,77 @@
+"""The diffusion model end to end: train, sample with every sampler, bound, through the CLI and the API."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import minisd
+from minisd.cli import main
+from minisd.diffusion.samplers import SAMPLERS
+from minisd.models import DiffusionModel
+
+TINY = ["--set", "data.dataset=digits", "--set", "model.base_channels=8", "--set", "model.channel_mults=[1, 2]",
+        "--set", "train.steps=20", "--set", "train.batch_size=32", "--set", "train.eval_every=0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("diffusion") / "run"
+    assert main(["train", "--config", "diffusion_mnist", *TINY, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_runs_from_the_command_line_and_repeats_with_the_seed(diffusion_run, tmp_path, sampler):
+    paths = [tmp_path / f"{i}.png" for i in range(2)]
+    for path in paths:
+        assert main(["sample", str(diffusion_run), "--sampler", sampler, "--steps", "3", "--n", "4",
+                     "--seed", "7", "--out", str(path)]) == 0
+    assert Image.open(paths[0]).tobytes() == Image.open(paths[1]).tobytes()
+
+
+def test_vae_refuses_sampler_options(tmp_path, capsys):
+    run = tmp_path / "vae"
+    assert main(["train", "--config", "vae2d", "--set", "data.dataset=digits", "--set", "train.steps=5",
+                 "--set", "train.batch_size=32", "--no-progress", "--out", str(run)]) == 0
+    assert main(["sample", str(run), "--steps", "5"]) == 2
+    assert "for diffusion models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v", "score"])
+@pytest.mark.parametrize("weighting", ["simple", "min_snr", "vlb"])
+def test_every_parameterisation_and_weighting_gives_a_finite_loss_and_gradient(prediction, weighting):
+    model = DiffusionModel(image_shape=(1, 8, 8), schedule="learned" if weighting == "vlb" else "linear",
+                           prediction=prediction, weighting=weighting, base_channels=8, channel_mults=[1, 2])
+    loss, logs = model.loss({"image": torch.rand(4, 1, 8, 8)})
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bound_in_bits_per_dim_is_finite_and_continuous_time_is_tighter(diffusion_run):
+    model = minisd.load(diffusion_run)
+    images = minisd.data.load_dataset("digits", "test").images[:32]
+    torch.manual_seed(0)
+    continuous = model.nll({"image": images}, num_samples=4)["bits_per_dim"].mean()
+    torch.manual_seed(0)
+    discrete = model.nll({"image": images}, num_samples=4, num_steps=10)["bits_per_dim"].mean()
+    assert torch.isfinite(continuous) and 0 < continuous < discrete
+
+
+def test_class_conditional_model_uses_labels(diffusion_run):
+    model = DiffusionModel(image_shape=(1, 8, 8), base_channels=8, channel_mults=[1, 2], num_classes=10)
+    batch = {"image": torch.rand(4, 1, 8, 8), "label": torch.tensor([0, 1, 2, 3])}
+    assert model.condition(batch) is batch["label"]
+    images = model.sample(2, steps=2, cond=torch.tensor([3, 3]), generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 1, 8, 8)
+    config = json.loads((diffusion_run / "checkpoint/config.json").read_text())
+    assert config["model"]["type"] == "diffusion"
+
+
+def test_diffusion_figures_with_and_without_a_model(diffusion_run, tmp_path):
+    assert main(["figures", "diffusion", "--out", str(tmp_path / "plain")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plain").glob("*.png")) == ["noising.png", "schedules.png"]
+    assert main(["figures", "diffusion", str(diffusion_run), "--out", str(tmp_path / "model")]) == 0
+    assert len(list((tmp_path / "model").glob("*.png"))) == 4
