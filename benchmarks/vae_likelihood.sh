@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Chapter "Autoencoder and VAE": train the path's 2-d VAE and the 50-latent VAE of Burda et al. (2015)
+# Chapters "Autoencoder and VAE" and "Hierarchical VAE": the path's 2-d VAE, the 50-latent VAE and the
+# two-level hierarchical VAE of Burda et al. (2015)
 # on dynamically binarised MNIST, then estimate test log-likelihoods with K = 5000 importance samples.
 # Every number comes from the same commands a user runs. Results land in $OUT/*/result.json (training
 # time, images/s) and $OUT/*/eval.json (ELBO, IWAE bound, bits/dim); see benchmarks/README.md.
@@ -9,7 +10,7 @@ set -euo pipefail
 OUT=${OUT:-runs/bench}
 MINISD=${MINISD:-minisd}
 K=${K:-5000}
-PRESETS=${PRESETS:-vae2d vae50}
+PRESETS=${PRESETS:-vae2d vae50 hvae}
 
 for preset in $PRESETS; do
   $MINISD train --config "$preset" --out "$OUT/$preset" --overwrite --no-progress

@@ -12,7 +12,7 @@ def main(out: Path) -> None:
     print("| model | training | images/s | test ELBO (nats) | test log p(x), IWAE K=5000 (nats) | NLL bits/dim "
           "| eval time |")
     print("|---|---|---|---|---|---|---|")
-    for preset in ("vae2d", "vae50"):
+    for preset in ("vae2d", "vae50", "hvae"):
         if not (out / preset / "eval.json").is_file():
             continue
         result = json.loads((out / preset / "result.json").read_text())

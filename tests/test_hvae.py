@@ -66,7 +66,7 @@ def test_single_level_hvae_with_vae_weights_is_the_vae():
     # The VAE's MLP encoder is Sequential(Flatten, mlp) and its decoder Sequential(mlp, Unflatten).
     renamed = {k.replace("encoder.1.", "encoders.0.").replace("decoder.0.", "decoders.0."): v
                for k, v in vae.state_dict().items()}
-    hvae.load_state_dict(renamed)
+    hvae.load_state_dict({**renamed, "training_steps": hvae.training_steps})
     images = binary_images(7)
 
     def outputs(model):
@@ -133,3 +133,24 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path, monkeypatch):
     assert isinstance(loaded, HierarchicalVAE) and loaded.hparams == hvae.hparams
     samples = [model.sample(3, generator=torch.Generator().manual_seed(4)) for model in (hvae, loaded)]
     torch.testing.assert_close(*samples)
+
+
+def test_kl_warmup_scales_only_the_rates_and_logs_the_true_elbo():
+    torch.manual_seed(0)
+    model = HierarchicalVAE(image_shape=(1, 8, 8), latent_dims=[4, 2], hidden=[[8], [8]], kl_warmup_steps=4)
+    batch = {"image": torch.bernoulli(torch.rand(16, 1, 8, 8))}
+    for step in range(6):
+        torch.manual_seed(1)
+        loss, logs = model.loss(batch)
+        torch.manual_seed(1)
+        elbo, terms = model.elbo(batch["image"])
+        beta = min(1.0, step / 4)
+        expected = -(terms["reconstruction"] - beta * (terms["reconstruction"] - elbo)).mean()
+        torch.testing.assert_close(loss, expected)
+        assert logs["elbo"] == pytest.approx(elbo.mean().item(), rel=1e-5)
+    assert model.training_steps.item() == 6
+    model.eval()
+    torch.manual_seed(1)
+    loss, _ = model.loss(batch)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loss, -model.elbo(batch["image"])[0].mean())  # evaluation: the plain bound

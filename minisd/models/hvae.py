@@ -54,13 +54,18 @@ class HierarchicalVAE(LatentVariableModel):
     can_sample = True
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), latent_dims: list[int] = (100, 50),
-                 hidden: list[list[int]] = ((100, 100), (50, 50)), activation: str = "tanh"):
+                 hidden: list[list[int]] = ((100, 100), (50, 50)), activation: str = "tanh",
+                 kl_warmup_steps: int = 0):
         if len(hidden) != len(latent_dims):
             raise ValueError(f"need one list of hidden widths per latent level: got {len(hidden)} lists "
                              f"for {len(latent_dims)} levels")
         hidden = [list(widths) for widths in hidden]
         super().__init__(image_shape=list(image_shape), latent_dims=list(latent_dims), hidden=hidden,
-                         activation=activation)
+                         activation=activation, kl_warmup_steps=kl_warmup_steps)
+        self.kl_warmup_steps = kl_warmup_steps
+        # Counts training losses computed, so the warm-up needs nothing from the training loop; as a
+        # buffer it is saved in checkpoints, and a resumed run continues the warm-up where it stopped.
+        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
         self.image_shape = tuple(image_shape)
         self.latent_dims = list(latent_dims)
         sizes = [math.prod(self.image_shape), *self.latent_dims]  # sizes[t] = size of z_t, z_0 = x
@@ -138,13 +143,23 @@ class HierarchicalVAE(LatentVariableModel):
         spent on each level (consistency_t, and prior_matching for z_T) and their sum ``kl``, which
         estimates KL(q(z_{1:T}|x) || p(z_{1:T})), the same quantity as the VAE's ``kl``. A lower
         level's rate may be negative: p(z_t|z_{t+1}) may know z_t better than q(z_t|z_{t-1}) does.
+
+        With ``kl_warmup_steps`` the rate terms are scaled by beta rising linearly from 0 to 1 over
+        the first training steps (Sonderby et al. 2016). Without it the deeper levels collapse: the
+        KL pulls every q onto its prior before the decoder has learnt to use the latents (on binarised
+        MNIST the Burda two-layer model sat at 3 nats of KL and a loss 55 nats above the one-layer VAE
+        after 2600 steps). The logged ``elbo`` is always the true, unscaled bound.
         """
         elbo, terms = self.elbo(batch["image"])
         loss = -elbo.mean()
+        if self.training and self.kl_warmup_steps:
+            beta = min(1.0, self.training_steps.item() / self.kl_warmup_steps)
+            self.training_steps += 1
+            loss = -(elbo - (1 - beta) * (elbo - terms["reconstruction"])).mean()  # recon - beta * KL
         rates = {f"kl_z{t}": terms[f"consistency_{t}"].mean().item() for t in range(1, self.num_levels)}
         rates[f"kl_z{self.num_levels}"] = terms["prior_matching"].mean().item()
         reconstruction = -terms["reconstruction"].mean().item()
-        return loss, {"loss": loss.item(), "elbo": -loss.item(), "reconstruction": reconstruction,
+        return loss, {"loss": loss.item(), "elbo": elbo.mean().item(), "reconstruction": reconstruction,
                       "kl": sum(rates.values()), **rates}
 
     def log_importance_weights(self, images: torch.Tensor, num_samples: int) -> torch.Tensor:
