@@ -24,7 +24,7 @@ DDIM with the same eta. The tests check these identities, so the code of each ca
 Denoiser evaluations (NFE) per step, as in :data:`NFE_PER_STEP`: 1 for every sampler except Heun, which
 needs 2 (but 1 on its last step to t = 0): see :func:`num_evaluations`.
 
-The ends of a schedule. At t = 1 the cosine schedule's alpha is 4.5e-5 (its log-SNR is clamped at -20),
+The ends of a schedule. At t = 1 the cosine schedule's alpha is 4.5e-5 (its log-SNR ends at -20),
 sigma_ve is 22000, and the first step jumps from there to wherever the grid goes next. The updates are
 written to stay finite and accurate there: DDPM and DDIM divide only by alpha_s >= alpha_t; the VE
 samplers divide by alpha_t, but x_ve + (sigma_ve_s - sigma_ve_t) eps_pred is x0_pred + sigma_ve_s eps_pred
@@ -55,8 +55,8 @@ Callback = Callable[[dict[str, Any]], None]
 def _grid(denoiser: Denoiser, ts: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The grid ``ts`` in the dtype and on the device of ``x``, with its alphas and sigmas ``(N + 1,)``.
 
-    t = 0 means clean data: alpha = 1 and sigma = 0 exactly. (The schedule clamps lambda(0) to
-    LOG_SNR_MAX, a sigma of 4.5e-5; the final step returns the denoiser's estimate instead of stepping
+    t = 0 means clean data: alpha = 1 and sigma = 0 exactly. (The schedule itself ends at lambda(0) =
+    LOG_SNR_MAX, a sigma of 1.3e-3; the final step returns the denoiser's estimate instead of stepping
     to that residual noise.)
     """
     ts = ts.to(x)

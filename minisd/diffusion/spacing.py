@@ -60,7 +60,7 @@ def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
                 root_min = torch.exp(-log_snr_min_noise / (2 * rho))
                 log_snr = -2 * rho * torch.log(root_max + ramp * (root_min - root_max))
             times = schedule.time_at_log_snr(log_snr)
-        # Where the log-SNR is clamped (the cosine schedule near t = 1) its inverse is not unique: start
-        # at t_max itself, the time the sampler's initial noise is drawn for.
+        # The bisection inverse is only accurate to its tolerance, and near t = 1 the cosine log-SNR is
+        # steep: start at t_max itself, the time the sampler's initial noise is drawn for.
         times[0] = ends[0]
     return torch.cat([times, times.new_zeros(1)])

@@ -35,7 +35,7 @@ def evaluate_likelihood(model: torch.nn.Module, images: torch.Tensor, *, num_sam
     """Mean upper bound on -log p(x) over ``images`` ``(N, C, H, W)``, in nats per image and bits per dimension.
 
     ``num_samples=1`` is minus the ELBO; ``num_samples=K`` is minus the IWAE bound with K samples.
-    The model must provide ``nll(batch, num_samples)`` (see :meth:`minisd.models.VAE.nll`).
+    The model must provide ``nll(batch, num_samples)`` (see :meth:`minisd.models.base.LatentVariableModel.nll`).
     """
     torch.manual_seed(seed)
     model.eval()

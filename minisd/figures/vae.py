@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from minisd.data import ImageDataset  # noqa: E402
 from minisd.images import check_writable, make_grid  # noqa: E402
 from minisd.models import Autoencoder, Model  # noqa: E402
+from minisd.models.base import EncoderDecoderModel  # noqa: E402
 
 
 def _codes(model: Model, images: torch.Tensor) -> torch.Tensor:
@@ -124,14 +125,16 @@ def training_curve_figure(metrics_path: Path, path: Path) -> Path:
 def make_vae_figures(model: Model, dataset: ImageDataset, out_dir: str | os.PathLike, *,
                      metrics_path: str | os.PathLike | None = None, seed: int = 0,
                      overwrite: bool = False) -> dict[str, Path]:
-    """Write every figure of the chapter for ``model`` (autoencoder or VAE) on ``dataset``'s images.
+    """Write every figure of the chapter for ``model`` (autoencoder, VAE or HVAE) on ``dataset``'s images.
 
-    Returns ``{figure name: path}``. The manifold figure needs a 2-d latent; samples need a VAE.
+    Returns ``{figure name: path}``. Reconstructions and the latent space need a single latent, the
+    manifold a 2-d one; samples need a generative model.
     """
     out_dir = Path(out_dir)
     model.eval()
-    wanted = ["reconstructions", "latent_space"]
-    if model.latent_dim == 2:
+    single_latent = isinstance(model, EncoderDecoderModel)  # the HVAE has a chain of latents: no 2-d picture
+    wanted = ["reconstructions", "latent_space"] if single_latent else []
+    if single_latent and model.latent_dim == 2:
         wanted.append("latent_manifold")
     if model.can_sample:
         wanted.append("samples")
