@@ -1,0 +1,106 @@
+"""Training speed of minisd's diffusion UNet, side by side with this machine's matmul rate and diffusers.
+
+One run measures, on the same machine and in the same process:
+  1. the fp32 matrix-multiply rate (FLOP/s) of torch.mm on 2048 x 2048 matrices: the ceiling;
+  2. for minisd's DiffusionModel (preset diffusion_mnist) and for diffusers' UNet2DModel of about the
+     same size (optional: `pip install diffusers`; built from a config, nothing downloaded): the FLOPs of
+     one training step (forward + backward, counted by torch.utils.flop_counter), its wall time, the
+     images/s, and the achieved FLOP/s as a fraction of the matmul rate.
+
+    python benchmarks/unet_speed.py [--batch-size 64] [--steps 8]
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from minisd.models import DiffusionModel
+from minisd.train import load_run_config
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def measure(name: str, step, batch_size: int, steps: int, matmul_rate: float) -> dict:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    result = {"name": name, "gflops_per_image": flops / batch_size / 1e9, "images_per_sec": batch_size / seconds,
+              "achieved_gflops": flops / seconds / 1e9, "fraction_of_matmul": flops / seconds / matmul_rate}
+    print(f"| {name} | {result['gflops_per_image']:.3f} | {result['images_per_sec']:.1f} | "
+          f"{result['achieved_gflops']:.1f} | {100 * result['fraction_of_matmul']:.0f}% |")
+    return result
+
+
+def minisd_step(batch_size: int):
+    config = load_run_config("diffusion_mnist")["model"]
+    model = DiffusionModel(image_shape=(1, 28, 28), **{k: v for k, v in config.items() if k != "type"})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.rand(batch_size, 1, 28, 28)
+
+    def step():
+        loss, _ = model.loss({"image": images})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def diffusers_step(batch_size: int):
+    from diffusers import UNet2DModel
+
+    model = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
+                        layers_per_block=1, norm_num_groups=8, attention_head_dim=16,
+                        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.rand(batch_size, 1, 28, 28) * 2 - 1
+
+    def step():
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, 1000, (batch_size,))
+        noisy = 0.8 * images + 0.6 * noise  # the step's cost does not depend on the schedule
+        loss = F.mse_loss(model(noisy, timesteps).sample, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rate = matmul_flops_per_second()
+    print(f"fp32 matmul (2048 x 2048, torch.mm, {torch.get_num_threads()} threads): {rate / 1e9:.1f} GFLOP/s\n")
+    print("| model | parameters | GFLOP per image (fwd+bwd) | images/s | achieved GFLOP/s | of matmul rate |")
+    print("|---|---|---|---|---|---|")
+    candidates = [("minisd UNet (diffusion_mnist)", minisd_step)]
+    try:
+        import diffusers  # noqa: F401
+        candidates.append(("diffusers UNet2DModel", diffusers_step))
+    except ImportError:
+        print("(diffusers is not installed: pip install diffusers to compare)")
+    for name, build in candidates:
+        step, parameters = build(args.batch_size)
+        measure(f"{name} | {parameters / 1e6:.2f}M", step, args.batch_size, args.steps, rate)
+
+
+if __name__ == "__main__":
+    main()
