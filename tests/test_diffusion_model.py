@@ -8,6 +8,7 @@ from PIL import Image
 
 import minisd
 from minisd.cli import main
+from minisd.data import idx
 from minisd.diffusion.samplers import SAMPLERS
 from minisd.models import DiffusionModel
 
@@ -70,7 +71,9 @@ def test_class_conditional_model_uses_labels(diffusion_run):
     assert config["model"]["type"] == "diffusion"
 
 
-def test_diffusion_figures_with_and_without_a_model(diffusion_run, tmp_path):
+def test_diffusion_figures_with_and_without_a_model(diffusion_run, tmp_path, monkeypatch):
+    # Without local MNIST the noising figure falls back to a built-in digit; never touch the network here.
+    monkeypatch.setitem(idx.MIRRORS, "mnist", [(tmp_path / "no-mirror").as_uri() + "/"])
     assert main(["figures", "diffusion", "--out", str(tmp_path / "plain")]) == 0
     assert sorted(p.name for p in (tmp_path / "plain").glob("*.png")) == ["noising.png", "schedules.png"]
     assert main(["figures", "diffusion", str(diffusion_run), "--out", str(tmp_path / "model")]) == 0

@@ -19,16 +19,21 @@ from minisd.models.vae import VAE
 MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (Autoencoder, VAE, HierarchicalVAE, DiffusionModel, Classifier)}
 
 
+def check_model_type(model_type: Any) -> None:
+    """Refuse a model type minisd does not register, naming the ones it does."""
+    if model_type not in MODELS:
+        raise MinisdError(f"unknown model type {model_type!r}; minisd knows {sorted(MODELS)}")
+
+
 def build_model(config: dict[str, Any]) -> Model:
     """Build a model from ``{"type": name, **hyper-parameters}``; unknown names or arguments are a clear error."""
     config = dict(config)
     model_type = config.pop("type", None)
-    if model_type not in MODELS:
-        raise MinisdError(f"unknown model type {model_type!r}; minisd knows {sorted(MODELS)}")
+    check_model_type(model_type)
     try:
         return MODELS[model_type](**config)
     except (TypeError, ValueError) as err:
         raise MinisdError(f"cannot build a {model_type} from {config}: {err}") from None
 
 
-__all__ = ["MODELS", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier", "build_model"]
+__all__ = ["MODELS", "check_model_type", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier", "build_model"]

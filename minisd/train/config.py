@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from minisd.errors import MinisdError
+from minisd.models import check_model_type
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,7 +83,8 @@ def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str,
     unknown = set(config) - {"model", "data", "train"}
     if unknown:
         raise MinisdError(f"unknown config sections {sorted(unknown)}; use model, data and train")
-    train_config(config)  # fail early on bad training keys
+    check_model_type(config["model"].get("type"))  # fail before any data is loaded or downloaded
+    train_config(config)
     return config
 
 
