@@ -31,6 +31,17 @@ LOG_SNR_MIN = -20.0
 LOG_SNR_MAX = 13.3
 
 
+def solve_decreasing(function, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    """The t in [0, 1] with function(t) = target, elementwise, by bisection; ``function`` must decrease."""
+    low, high = torch.zeros_like(target), torch.ones_like(target)
+    with torch.no_grad():
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            above = function(middle) > target  # not far enough along yet: the answer lies later
+            low, high = torch.where(above, middle, low), torch.where(above, high, middle)
+    return (low + high) / 2
+
+
 class NoiseSchedule(nn.Module):
     """A variance-preserving schedule: subclasses give :meth:`raw_log_snr`, decreasing in t."""
 
@@ -55,13 +66,7 @@ class NoiseSchedule(nn.Module):
 
     def time_at_log_snr(self, log_snr: torch.Tensor, iterations: int = 60) -> torch.Tensor:
         """The t with lambda(t) = ``log_snr``, by bisection (lambda is monotone); for spacings uniform in log-SNR."""
-        low, high = torch.zeros_like(log_snr), torch.ones_like(log_snr)
-        with torch.no_grad():
-            for _ in range(iterations):
-                middle = (low + high) / 2
-                above = self.log_snr(middle) > log_snr  # still too clean: the answer lies later
-                low, high = torch.where(above, middle, low), torch.where(above, high, middle)
-        return (low + high) / 2
+        return solve_decreasing(self.log_snr, log_snr, iterations)
 
 
 class ClosedFormSchedule(NoiseSchedule):
@@ -76,12 +81,7 @@ class ClosedFormSchedule(NoiseSchedule):
         ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
         inside = self.base_log_snr(ends)
         target = torch.tensor([LOG_SNR_MAX, LOG_SNR_MIN], dtype=torch.float64)
-        low, high = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
-        for _ in range(80):  # bisection: base_log_snr decreases
-            middle = (low + high) / 2
-            above = self.base_log_snr(middle) > target
-            low, high = torch.where(above, middle, low), torch.where(above, high, middle)
-        crossing = (low + high) / 2
+        crossing = solve_decreasing(self.base_log_snr, target, iterations=80)
         self.t_clean = crossing[0].item() if inside[0] > LOG_SNR_MAX else 0.0
         self.t_noisy = crossing[1].item() if inside[1] < LOG_SNR_MIN else 1.0
 

@@ -11,22 +11,11 @@ from matplotlib.figure import Figure
 from minisd.diffusion import build_schedule
 from minisd.diffusion.samplers import SAMPLERS
 from minisd.diffusion.schedules import SCHEDULES
-from minisd.images import check_writable, make_grid
+from minisd.figures.plotting import save_figure, show_image_grid
+from minisd.images import check_writable
 from minisd.models.diffusion import to_model_range
 
 NOISE_TIMES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-def _show(ax, images: torch.Tensor, nrow: int) -> None:
-    ax.imshow(make_grid(images.cpu().clamp(0, 1), nrow).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray",
-              vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
 
 
 def noising_figure(image: torch.Tensor, path: Path, seed: int = 0) -> Path:
@@ -39,10 +28,10 @@ def noising_figure(image: torch.Tensor, path: Path, seed: int = 0) -> Path:
         with torch.no_grad():
             alpha, sigma = build_schedule(name).alpha_sigma(t)
         noised = alpha.view(-1, 1, 1, 1) * to_model_range(image) + sigma.view(-1, 1, 1, 1) * eps
-        _show(ax, (noised + 1) / 2, len(NOISE_TIMES))
+        show_image_grid(ax, (noised + 1) / 2, len(NOISE_TIMES))
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
     axes[0].set_title("x_t = alpha_t x_0 + sigma_t eps at t = " + ", ".join(f"{v:g}" for v in NOISE_TIMES))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def schedules_figure(path: Path) -> Path:
@@ -62,7 +51,7 @@ def schedules_figure(path: Path) -> Path:
         ax.set_xlabel("t")
         ax.grid(alpha=0.3)
     axes[2].legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -80,10 +69,10 @@ def trajectory_figure(model, path: Path, *, sampler: str = "dpmpp_2m", steps: in
     fig = Figure(figsize=(steps * 0.9, count * 1.9))
     axes = fig.subplots(2, 1)
     for ax, frames, label in zip(axes, (states, predictions), ("x_t", "x0 prediction")):
-        _show(ax, torch.stack(frames, 1).flatten(0, 1), steps)
+        show_image_grid(ax, torch.stack(frames, 1).flatten(0, 1), steps)
         ax.set_ylabel(label, rotation=0, ha="right", va="center")
     axes[0].set_title(f"{sampler}, {steps} steps: each row one sample, left to right from noise to image")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -96,12 +85,12 @@ def sampler_grid_figure(model, path: Path, *, steps: tuple[int, ...] = (5, 10, 2
         for column, num_steps in enumerate(steps):
             images = model.sample(count, sampler=sampler, steps=num_steps,
                                   generator=torch.Generator(model.device).manual_seed(seed))
-            _show(axes[row, column], images, count)
+            show_image_grid(axes[row, column], images, count)
             if column == 0:
                 axes[row, column].set_ylabel(sampler, rotation=0, ha="right", va="center")
             if row == 0:
                 axes[row, column].set_title(f"{num_steps} steps")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_diffusion_figures(out_dir: str | os.PathLike, *, model=None, image: torch.Tensor | None = None,

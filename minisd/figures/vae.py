@@ -7,16 +7,14 @@ import math
 import os
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from minisd.data import ImageDataset  # noqa: E402
-from minisd.images import check_writable, make_grid  # noqa: E402
-from minisd.models import Autoencoder, Model  # noqa: E402
-from minisd.models.base import EncoderDecoderModel  # noqa: E402
+from minisd.data import ImageDataset
+from minisd.figures.plotting import save_figure, show_image_grid
+from minisd.images import check_writable
+from minisd.models import Autoencoder, Model
+from minisd.models.base import EncoderDecoderModel
 
 
 def _codes(model: Model, images: torch.Tensor) -> torch.Tensor:
@@ -29,28 +27,16 @@ def _reconstruct(model: Model, images: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(model.decode(_codes(model, images)))
 
 
-def _show_grid(ax: plt.Axes, images: torch.Tensor, nrow: int) -> None:
-    grid = make_grid(images.cpu().clamp(0, 1), nrow)
-    ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def reconstructions_figure(model: Model, images: torch.Tensor, path: Path, count: int = 16) -> Path:
     """Test images (top) and their reconstructions through the latent bottleneck (bottom)."""
-    fig, axes = plt.subplots(2, 1, figsize=(count * 0.6, 1.6))
-    _show_grid(axes[0], images[:count], count)
-    _show_grid(axes[1], _reconstruct(model, images[:count]), count)
+    fig = Figure(figsize=(count * 0.6, 1.6))
+    axes = fig.subplots(2, 1)
+    show_image_grid(axes[0], images[:count], count)
+    show_image_grid(axes[1], _reconstruct(model, images[:count]), count)
     axes[0].set_ylabel("data", rotation=0, ha="right", va="center")
     axes[1].set_ylabel("reconstruction", rotation=0, ha="right", va="center")
     fig.suptitle(f"{model.model_type}: reconstructions through a {model.latent_dim}-d latent")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def latent_space_figure(model: Model, dataset: ImageDataset, path: Path, count: int = 5000) -> Path:
@@ -61,7 +47,8 @@ def latent_space_figure(model: Model, dataset: ImageDataset, path: Path, count: 
         centred = codes - codes.mean(0)
         codes = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
         title += " (first two principal axes)"
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     points = ax.scatter(codes[:, 0], codes[:, 1], c=dataset.labels[:count], cmap="tab10", s=3, alpha=0.7,
                         vmin=-0.5, vmax=len(dataset.classes) - 0.5)
     colorbar = fig.colorbar(points, ax=ax, ticks=range(len(dataset.classes)))
@@ -69,7 +56,7 @@ def latent_space_figure(model: Model, dataset: ImageDataset, path: Path, count: 
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def latent_manifold_figure(model: Model, dataset: ImageDataset, path: Path, side: int = 20) -> Path:
@@ -88,19 +75,21 @@ def latent_manifold_figure(model: Model, dataset: ImageDataset, path: Path, side
         axes_values = [torch.special.ndtri(quantiles)] * 2
     z0, z1 = torch.meshgrid(axes_values[0], axes_values[1].flip(0), indexing="xy")
     latents = torch.stack([z0.flatten(), z1.flatten()], dim=1).to(model.device)
-    fig, ax = plt.subplots(figsize=(8, 8))
-    _show_grid(ax, torch.sigmoid(model.decode(latents)), side)
+    fig = Figure(figsize=(8, 8))
+    ax = fig.subplots()
+    show_image_grid(ax, torch.sigmoid(model.decode(latents)), side)
     ax.set_title(f"{model.model_type}: images decoded over the 2-d latent plane")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def samples_figure(model: Model, path: Path, count: int = 64, seed: int = 0) -> Path:
     """Images decoded from z ~ N(0, I): what the VAE generates."""
     samples = model.sample(count, generator=torch.Generator(model.device).manual_seed(seed))
-    fig, ax = plt.subplots(figsize=(6, 6))
-    _show_grid(ax, samples, int(math.sqrt(count)))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
+    show_image_grid(ax, samples, int(math.sqrt(count)))
     ax.set_title(f"{model.model_type}: samples from the prior (seed {seed})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curve_figure(metrics_path: Path, path: Path) -> Path:
@@ -108,7 +97,8 @@ def training_curve_figure(metrics_path: Path, path: Path) -> Path:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     ax.plot(*zip(*train), label="train (batch)", lw=1)
     if evals:
         ax.plot(*zip(*evals), "o-", label="test (EMA weights)")
@@ -118,7 +108,7 @@ def training_curve_figure(metrics_path: Path, path: Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     ax.set_title("training curve")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
