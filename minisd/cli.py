@@ -56,6 +56,16 @@ def _run_dir(checkpoint: str) -> Path:
     return path.parent if path.name == "checkpoint" else path
 
 
+def _sampler_args(args: argparse.Namespace, model) -> dict:
+    """The diffusion sampler options given on the command line (those of :func:`_add_sampler_options`)."""
+    sampler_args = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
+                                      ("eta", args.eta)) if v is not None}
+    if sampler_args and not model.has_samplers:
+        raise MinisdError(f"a {model.model_type} samples in one step: --sampler, --steps, --spacing and --eta "
+                          f"are for diffusion models")
+    return sampler_args
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
@@ -66,12 +76,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model = _load(args)
     if not model.can_sample:
         raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
-    sampler_args = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
-                                      ("eta", args.eta)) if v is not None}
-    if sampler_args and not model.has_samplers:
-        raise MinisdError(f"a {model.model_type} samples in one step: --sampler, --steps, --spacing and --eta "
-                          f"are for diffusion models")
-    images = model.sample(args.n, generator=torch.Generator(model.device).manual_seed(args.seed), **sampler_args)
+    images = model.sample(args.n, generator=torch.Generator(model.device).manual_seed(args.seed),
+                          **_sampler_args(args, model))
     print(save_image_grid(images, out, overwrite=args.overwrite))
 
 
@@ -103,16 +109,23 @@ def _report_latent_likelihood(model, images, args, results: dict) -> None:
 
 
 def _report_diffusion_bound(model, images, args, results: dict) -> None:
-    """The continuous-time variational bound of a diffusion model on 8-bit images, in bits per dimension."""
+    """The variational bound of a diffusion model on 8-bit images, in bits per dimension, and its three terms."""
+    import math
+
     from minisd.eval import evaluate_likelihood
 
     k = args.num_samples or 1
     bound = evaluate_likelihood(model, images, num_samples=k, batch_size=args.batch_size, seed=args.seed,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, num_steps=args.bound_steps)
     results["nll_bound_bits_per_dim"] = bound["bits_per_dim"]
     results["nll_bound_nats"] = bound["nll_nats"]
-    print(f"{args.split} NLL <= {bound['bits_per_dim']:.4f} bits/dim (continuous-time variational bound, "
-          f"8-bit images, {k} estimate(s) per image), {len(images)} images")
+    results["bound_time"] = "continuous" if args.bound_steps is None else f"discrete, T = {args.bound_steps}"
+    per_dim = math.log(2) * images[0].numel()
+    terms = {term: bound[term] / per_dim for term in ("prior", "reconstruction", "diffusion")}
+    results.update({f"{term}_bits_per_dim": value for term, value in terms.items()})
+    print(f"{args.split} NLL <= {bound['bits_per_dim']:.4f} bits/dim ({results['bound_time']} variational bound, "
+          f"8-bit images, {k} estimate(s) per image), {len(images)} images; terms in bits/dim: "
+          + ", ".join(f"{term} {value:.4f}" for term, value in terms.items()))
 
 
 def _report_fid(model, config: dict, args, results: dict) -> None:
@@ -131,15 +144,27 @@ def _report_fid(model, config: dict, args, results: dict) -> None:
                           f"FID needs a classifier of the model's dataset")
     if not model.can_sample:
         raise MinisdError(f"a {model.model_type} cannot sample, so it has no FID")
+    sampler_args = _sampler_args(args, model)
     classifier = minisd.load(args.fid_classifier, device=model.device)
     test_set = load_dataset(dataset, "test", data_dir=args.data_dir)
     generator = torch.Generator(model.device).manual_seed(args.seed)
-    samples = torch.cat([model.sample(min(250, args.fid_samples - start), generator=generator).cpu()
+    start_time = time.perf_counter()
+    samples = torch.cat([model.sample(min(250, args.fid_samples - start), generator=generator, **sampler_args).cpu()
                          for start in range(0, args.fid_samples, 250)])
+    results["sampling_seconds"] = time.perf_counter() - start_time
+    if model.has_samplers:
+        from minisd.diffusion.samplers import num_evaluations
+
+        results["sampler"] = sampler_args.get("sampler", model.sampler)
+        results["sampler_steps"] = sampler_args.get("steps", model.sample_steps)
+        results["sampler_evaluations"] = num_evaluations(results["sampler"], results["sampler_steps"])
+        results.update({f"sampler_{k}": v for k, v in sampler_args.items() if k in ("spacing", "eta")})
     name = {"mnist": "FID-MNIST", "fashion-mnist": "FID-Fashion"}.get(dataset, f"FID-{dataset}")
     results[name] = fid(classifier, samples, test_set.images[:args.fid_samples])
     results.update({f"classes_{k}": v for k, v in class_balance(classifier, samples, test_set.labels).items()})
-    print(f"{name}: {results[name]:.3f} ({args.fid_samples} samples against as many test images; Frechet distance "
+    how = (f" by {results['sampler']} in {results['sampler_steps']} steps ({results['sampler_evaluations']} "
+           f"denoiser evaluations)" if model.has_samplers else "")
+    print(f"{name}: {results[name]:.3f} ({args.fid_samples} samples{how} against as many test images; Frechet distance "
           f"on minisd's own classifier features, not Inception FID); class balance: "
           f"total variation from the test labels {results['classes_tv_from_test']:.3f}")
 
@@ -149,6 +174,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from minisd.train.checkpoint import read_checkpoint_config
 
     config = read_checkpoint_config(args.checkpoint)
+    if not args.fid_classifier and any(v is not None for v in (args.sampler, args.steps, args.spacing, args.eta)):
+        raise MinisdError("--sampler, --steps, --spacing and --eta choose how the FID samples are drawn: "
+                          "pass --fid-classifier too")
     if args.json:
         from minisd.images import check_writable
 
@@ -159,6 +187,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
                "binarized": bool(config["data"].get("binarize")), "step": config["step"]}
     if not (hasattr(model, "nll") or args.fid_classifier):
         raise MinisdError(f"a {model.model_type} has no likelihood; for FID pass --fid-classifier")
+    if args.bound_steps is not None and isinstance(model, LatentVariableModel):
+        raise MinisdError(f"--bound-steps is the number of steps of a diffusion model's bound; "
+                          f"a {model.model_type} has none")
     if hasattr(model, "nll") and not args.skip_likelihood:
         images = _evaluation_set(config, args.split, args.data_dir).images[:args.limit]
         report = _report_latent_likelihood if isinstance(model, LatentVariableModel) else _report_diffusion_bound
@@ -212,9 +243,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), data_dir=args.data_dir, overwrite=args.overwrite, device=args.device)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_sampler_options(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """--sampler, --steps, --spacing, --eta: how a diffusion model draws its samples."""
     from minisd.diffusion.samplers import SAMPLERS
     from minisd.diffusion.spacing import SPACINGS
+
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), help=f"diffusion sampler {purpose}(default: the model's)")
+    parser.add_argument("--steps", type=_positive_int, help="diffusion sampling steps, not denoiser evaluations: "
+                                                            "heun spends 2 per step (default: the model's)")
+    parser.add_argument("--spacing", choices=SPACINGS, help="time grid of the steps (default: uniform in log-SNR)")
+    parser.add_argument("--eta", type=float, help="noise of ddim / euler_ancestral (0: deterministic)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     from minisd.train.config import list_presets
     from minisd.version import __version__
 
@@ -245,10 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = checkpoint_command("sample", "draw samples from a trained model and write a PNG grid")
     sample.add_argument("--n", type=_positive_int, default=64, help="number of images")
     sample.add_argument("--out", help="PNG path (default: <run>/samples/seed<SEED>.png)")
-    sample.add_argument("--sampler", choices=sorted(SAMPLERS), help="diffusion sampler (default: the model's)")
-    sample.add_argument("--steps", type=_positive_int, help="diffusion sampling steps (default: the model's)")
-    sample.add_argument("--spacing", choices=SPACINGS, help="time grid of the steps (default: uniform in log-SNR)")
-    sample.add_argument("--eta", type=float, help="noise of ddim / euler_ancestral (0: deterministic)")
+    _add_sampler_options(sample)
     _add_common(sample, data=False)
     sample.set_defaults(func=cmd_sample)
 
@@ -257,10 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", "-k", type=_positive_int,
                           help="VAEs: importance samples K for the IWAE bound (default 1000; 1: ELBO only); "
                                "diffusion: bound estimates averaged per image (default 1)")
+    evaluate.add_argument("--bound-steps", type=_positive_int, metavar="T",
+                          help="diffusion: the bound of the T-step discrete-time model (default: continuous time)")
     evaluate.add_argument("--fid-classifier", help="a classifier run (minisd train --config classifier_mnist): "
                                                    "also report FID on its features and the samples' class balance")
     evaluate.add_argument("--fid-samples", type=_positive_int, default=1000, help="samples for FID")
     evaluate.add_argument("--skip-likelihood", action="store_true", help="report FID only")
+    _add_sampler_options(evaluate, purpose="for the FID samples ")
     evaluate.add_argument("--batch-size", type=_positive_int, default=100)
     evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
     evaluate.add_argument("--json", help="also write the results to this JSON file")

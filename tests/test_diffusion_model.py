@@ -78,3 +78,64 @@ def test_diffusion_figures_with_and_without_a_model(diffusion_run, tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "plain").glob("*.png")) == ["noising.png", "schedules.png"]
     assert main(["figures", "diffusion", str(diffusion_run), "--out", str(tmp_path / "model")]) == 0
     assert len(list((tmp_path / "model").glob("*.png"))) == 4
+
+
+def test_eval_scores_fid_with_the_chosen_sampler_and_records_its_evaluations(diffusion_run, tmp_path, capsys,
+                                                                             monkeypatch):
+    calls = []  # (sampler, steps) of every sampler call; the untrained model's samples alone cannot tell them apart
+
+    def spy(name):
+        def recorded(denoiser, x, ts, **kwargs):
+            calls.append((name, len(ts) - 1))
+            return SAMPLERS[name](denoiser, x, ts, **kwargs)
+        return recorded
+
+    monkeypatch.setattr("minisd.diffusion.samplers.SAMPLERS", {name: spy(name) for name in SAMPLERS})
+    classifier = tmp_path / "classifier"
+    assert main(["train", "--config", "classifier_mnist", "--set", "data.dataset=digits", "--set", "train.steps=30",
+                 "--set", "train.batch_size=64", "--set", "train.eval_every=0", "--no-progress",
+                 "--out", str(classifier)]) == 0
+    fid_args = ["eval", str(diffusion_run), "--fid-classifier", str(classifier), "--fid-samples", "64",
+                "--skip-likelihood"]
+    results = {}
+    for name, options in (("heun", ["--sampler", "heun", "--steps", "3"]),
+                          ("heun_again", ["--sampler", "heun", "--steps", "3"]),
+                          ("ddpm", ["--sampler", "ddpm", "--steps", "3", "--spacing", "uniform"])):
+        out = tmp_path / f"{name}.json"
+        assert main([*fid_args, *options, "--json", str(out)]) == 0
+        results[name] = json.loads(out.read_text())
+    assert "by heun in 3 steps (5 denoiser evaluations)" in capsys.readouterr().out
+    assert (results["heun"]["sampler"], results["heun"]["sampler_steps"], results["heun"]["sampler_evaluations"]) \
+        == ("heun", 3, 5)
+    assert results["ddpm"]["sampler_spacing"] == "uniform" and results["ddpm"]["sampler_evaluations"] == 3
+    assert results["heun"]["FID-digits"] == results["heun_again"]["FID-digits"]  # same seed, same samples
+    assert calls == [("heun", 3)] * 2 + [("ddpm", 3)]  # 64 samples: one batch per evaluation
+
+
+def test_eval_refuses_sampler_options_without_fid(diffusion_run, capsys):
+    assert main(["eval", str(diffusion_run), "--sampler", "ddim", "--limit", "8"]) == 2
+    assert "pass --fid-classifier too" in capsys.readouterr().err
+
+
+def test_eval_reports_the_bound_and_its_terms_in_continuous_and_discrete_time(diffusion_run, tmp_path):
+    results = {}
+    for name, options in (("continuous", []), ("discrete", ["--bound-steps", "10"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", str(diffusion_run), "--limit", "16", "-k", "2", "--json", str(out), *options]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["continuous"]["bound_time"] == "continuous"
+    assert results["discrete"]["bound_time"] == "discrete, T = 10"
+    for result in results.values():
+        terms = sum(result[f"{term}_bits_per_dim"] for term in ("prior", "reconstruction", "diffusion"))
+        assert terms == pytest.approx(result["nll_bound_bits_per_dim"], rel=1e-5)
+    # The same seed draws the same reconstruction noise: only the diffusion term changes with T.
+    assert results["discrete"]["prior_bits_per_dim"] == results["continuous"]["prior_bits_per_dim"]
+    assert results["discrete"]["diffusion_bits_per_dim"] != results["continuous"]["diffusion_bits_per_dim"]
+
+
+def test_vae_refuses_bound_steps(tmp_path, capsys):
+    run = tmp_path / "vae"
+    assert main(["train", "--config", "vae2d", "--set", "data.dataset=digits", "--set", "train.steps=5",
+                 "--set", "train.batch_size=32", "--no-progress", "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--bound-steps", "10", "--limit", "8"]) == 2
+    assert "a vae has none" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from minisd.errors import MinisdError
 from minisd.models import VAE, Autoencoder
 from minisd.train import TrainConfig, TrainingDiverged, train
 from minisd.train.checkpoint import find_checkpoint
+from minisd.train.config import list_presets, load_run_config
 from minisd.train.optim import learning_rate
 
 TINY = dict(image_shape=(1, 8, 8), latent_dim=2, hidden=[32])
@@ -163,3 +164,13 @@ def test_training_lowers_the_test_loss(tmp_path, digits_train, digits_test):
                    eval_set=digits_test, binarize_data=True, progress=False)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert result["eval"]["loss"] < 0.8 * first["loss"]
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_builds_its_model_and_training_config(preset):
+    config = load_run_config(preset)
+    assert set(config) >= {"model", "data", "train"}
+    assert config["data"]["dataset"] in ("mnist", "fashion-mnist", "digits")
+    model = minisd.models.build_model({**config["model"], "image_shape": [1, 28, 28]})
+    assert sum(p.numel() for p in model.parameters()) > 0
+    TrainConfig(**config["train"])

@@ -31,20 +31,23 @@ def importance_weighted_log_likelihood(log_weights: Callable[[int], torch.Tensor
 
 @torch.no_grad()
 def evaluate_likelihood(model: torch.nn.Module, images: torch.Tensor, *, num_samples: int = 1,
-                        batch_size: int = 100, seed: int = 0, progress: bool = False) -> dict[str, float]:
+                        batch_size: int = 100, seed: int = 0, progress: bool = False,
+                        **nll_args) -> dict[str, float]:
     """Mean upper bound on -log p(x) over ``images`` ``(N, C, H, W)``, in nats per image and bits per dimension.
 
-    ``num_samples=1`` is minus the ELBO; ``num_samples=K`` is minus the IWAE bound with K samples.
-    The model must provide ``nll(batch, num_samples)`` (see :meth:`minisd.models.base.LatentVariableModel.nll`).
+    ``num_samples=1`` is minus the ELBO; ``num_samples=K`` is minus the IWAE bound with K samples (for
+    a diffusion model, the mean of K one-sample estimates of its bound).
+    The model must provide ``nll(batch, num_samples, **nll_args)`` (see
+    :meth:`minisd.models.base.LatentVariableModel.nll`); any other per-image quantity it returns (a
+    diffusion bound's terms) is averaged too, under its own name.
     """
     torch.manual_seed(seed)
     model.eval()
-    nats, bits = 0.0, 0.0
+    sums: dict[str, float] = {}
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=f"log-likelihood (K={num_samples})", disable=not progress, leave=False):
         batch = {"image": images[start:start + batch_size].to(model.device)}
-        result = model.nll(batch, num_samples=num_samples)
-        nats += result["nats"].sum().item()
-        bits += result["bits_per_dim"].sum().item()
-    return {"nll_nats": nats / len(images), "bits_per_dim": bits / len(images), "num_samples": num_samples,
-            "num_images": len(images)}
+        for key, values in model.nll(batch, num_samples=num_samples, **nll_args).items():
+            sums[key] = sums.get(key, 0.0) + values.sum().item()
+    means = {"nll_nats" if key == "nats" else key: total / len(images) for key, total in sums.items()}
+    return {**means, "num_samples": num_samples, "num_images": len(images)}

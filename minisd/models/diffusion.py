@@ -77,14 +77,16 @@ class DiffusionModel(Model):
 
     @torch.no_grad()
     def nll(self, batch: dict[str, Any], num_samples: int = 1, num_steps: int | None = None) -> dict[str, torch.Tensor]:
-        """The variational bound on -log p(x) of 8-bit images, per image: ``nats`` and ``bits_per_dim`` ``(B,)``.
+        """The variational bound on -log p(x) of 8-bit images, per image ``(B,)``: ``nats``, ``bits_per_dim``,
+        and its three terms in nats, ``prior``, ``reconstruction`` and ``diffusion``.
 
-        An average of ``num_samples`` one-sample estimates; ``num_steps=None`` is continuous time.
+        An average of ``num_samples`` one-sample estimates; ``num_steps=None`` is continuous time,
+        ``num_steps=T`` the bound of the T-step discrete-time model.
         """
         x0 = to_8bit_grid(batch["image"])
         estimates = [variational_bound(self.denoiser, x0, num_steps=num_steps, cond=self.condition(batch))
                      for _ in range(num_samples)]
-        return {key: torch.stack([e[key] for e in estimates]).mean(0) for key in ("nats", "bits_per_dim")}
+        return {key: torch.stack([e[key] for e in estimates]).mean(0) for key in estimates[0]}
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, sampler: str | None = None,

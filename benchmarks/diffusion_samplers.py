@@ -1,0 +1,85 @@
+"""FID against denoiser evaluations (NFE) for every sampler of a trained diffusion model.
+
+Every cell is one user command, ``minisd eval RUN --skip-likelihood --fid-classifier CLASSIFIER
+--sampler S --steps N --json ...``: 1000 samples (seed 0) against the first 1000 test images. Finished cells
+are kept in OUT/<sampler>_<steps>.json and skipped when the script runs again, so an interrupted sweep
+resumes where it stopped. Afterwards it prints the markdown table of benchmarks/README.md.
+
+    python benchmarks/diffusion_samplers.py runs/bench/diffusion_mnist runs/classifier_mnist
+
+Steps are chosen so that no sampler spends more than the NFE budget: Heun spends 2N - 1 evaluations in
+N steps, so its budget of 5 buys 3 steps (5 NFE) and its budget of 10 buys 5 steps (9 NFE). The reference
+is DDPM's ancestral sampler with 250 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from minisd.diffusion.samplers import NFE_PER_STEP, SAMPLERS, num_evaluations
+
+
+def steps_within(sampler: str, budget: int) -> int:
+    """The most steps ``sampler`` can take with at most ``budget`` denoiser evaluations."""
+    steps = max(1, budget // NFE_PER_STEP[sampler])
+    while num_evaluations(sampler, steps + 1) <= budget:
+        steps += 1
+    return steps
+
+
+def evaluate(run: Path, classifier: Path, sampler: str, steps: int, out: Path, args) -> dict:
+    """One cell: run ``minisd eval`` unless its JSON is already there, and return the JSON."""
+    path = out / f"{sampler}_{steps}.json"
+    if not path.is_file():
+        command = [args.minisd, "eval", str(run), "--skip-likelihood", "--fid-classifier", str(classifier),
+                   "--fid-samples", str(args.samples), "--sampler", sampler, "--steps", str(steps),
+                   "--json", str(path), "--overwrite"]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a trained diffusion run")
+    parser.add_argument("classifier", type=Path, help="the classifier run of the same dataset")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--reference-steps", type=int, default=250, help="steps of the ddpm reference")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--out", type=Path, help="folder for the cells' JSON (default: RUN/samplers)")
+    parser.add_argument("--minisd", default="minisd", help="the minisd command")
+    args = parser.parse_args()
+    out = args.out or args.run / "samplers"
+    out.mkdir(parents=True, exist_ok=True)
+
+    reference = evaluate(args.run, args.classifier, "ddpm", args.reference_steps, out, args)
+    fid_name = next(key for key in reference if key.startswith("FID-"))
+    table = {sampler: [evaluate(args.run, args.classifier, sampler, steps_within(sampler, budget), out, args)
+                       for budget in args.nfe] for sampler in args.samplers}
+
+    print(f"\n{fid_name}, {args.samples} samples, against the NFE budget (in brackets where a sampler spends less)\n")
+    print("| sampler | " + " | ".join(f"NFE {budget}" for budget in args.nfe) + " |")
+    print("|---|" + "---|" * len(args.nfe))
+    for sampler, cells in table.items():
+        print(f"| {sampler} | " + " | ".join(
+            f"{cell[fid_name]:.2f}" + (f" ({cell['sampler_evaluations']})" if cell["sampler_evaluations"] != budget
+                                       else "") for cell, budget in zip(cells, args.nfe)) + " |")
+    reference_fid = reference[fid_name]
+    print(f"| ddpm, {args.reference_steps} steps (reference) | {reference_fid:.2f} |")
+    seconds = reference["sampling_seconds"] / reference["sampler_evaluations"]
+    print(f"\nsampling cost: {seconds:.2f} s per denoiser evaluation for {args.samples} images")
+    budget = 20 if 20 in args.nfe else args.nfe[len(args.nfe) // 2]
+    best_sampler, best = min(((sampler, cells[args.nfe.index(budget)][fid_name]) for sampler, cells in table.items()),
+                             key=lambda pair: pair[1])
+    print(f"best at NFE {budget}: {best_sampler}, {fid_name} {best:.2f} = "
+          f"{100 * (best / reference_fid - 1):+.1f}% against the {args.reference_steps}-step ancestral reference "
+          f"{reference_fid:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
