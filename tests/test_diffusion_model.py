@@ -32,11 +32,16 @@ def test_every_sampler_runs_from_the_command_line_and_repeats_with_the_seed(diff
     assert Image.open(paths[0]).tobytes() == Image.open(paths[1]).tobytes()
 
 
-def test_vae_refuses_sampler_options(tmp_path, capsys):
-    run = tmp_path / "vae"
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("vae") / "run"
     assert main(["train", "--config", "vae2d", "--set", "data.dataset=digits", "--set", "train.steps=5",
                  "--set", "train.batch_size=32", "--no-progress", "--out", str(run)]) == 0
-    assert main(["sample", str(run), "--steps", "5"]) == 2
+    return run
+
+
+def test_vae_refuses_sampler_options(vae_run, tmp_path, capsys):
+    assert main(["sample", str(vae_run), "--steps", "5", "--out", str(tmp_path / "x.png")]) == 2
     assert "for diffusion models" in capsys.readouterr().err
 
 
@@ -133,9 +138,6 @@ def test_eval_reports_the_bound_and_its_terms_in_continuous_and_discrete_time(di
     assert results["discrete"]["diffusion_bits_per_dim"] != results["continuous"]["diffusion_bits_per_dim"]
 
 
-def test_vae_refuses_bound_steps(tmp_path, capsys):
-    run = tmp_path / "vae"
-    assert main(["train", "--config", "vae2d", "--set", "data.dataset=digits", "--set", "train.steps=5",
-                 "--set", "train.batch_size=32", "--no-progress", "--out", str(run)]) == 0
-    assert main(["eval", str(run), "--bound-steps", "10", "--limit", "8"]) == 2
+def test_vae_refuses_bound_steps(vae_run, capsys):
+    assert main(["eval", str(vae_run), "--bound-steps", "10", "--limit", "8"]) == 2
     assert "a vae has none" in capsys.readouterr().err
