@@ -16,5 +16,5 @@ CLASSIFIER=${CLASSIFIER:-runs/classifier_mnist}
 [ -d "$CLASSIFIER/checkpoint" ] || $MINISD train --config classifier_mnist --out "$CLASSIFIER" --no-progress
 $MINISD eval "$RUN" --json "$RUN/eval.json" --overwrite --no-progress                   # continuous time
 $MINISD eval "$RUN" --bound-steps 1000 --json "$RUN/eval_T1000.json" --overwrite --no-progress
-"${PYTHON:-python3}" benchmarks/diffusion_samplers.py "$RUN" "$CLASSIFIER" --minisd "$MINISD"
+"${PYTHON:-python3}" benchmarks/diffusion_samplers.py "$RUN" "$CLASSIFIER" --minisd "$MINISD" --nfe 20 5 10 50
 $MINISD figures diffusion "$RUN" --out docs/figures/diffusion --overwrite

@@ -141,3 +141,14 @@ def test_eval_reports_the_bound_and_its_terms_in_continuous_and_discrete_time(di
 def test_vae_refuses_bound_steps(vae_run, capsys):
     assert main(["eval", str(vae_run), "--bound-steps", "10", "--limit", "8"]) == 2
     assert "a vae has none" in capsys.readouterr().err
+
+
+def test_sampling_clips_x0_predictions_to_the_data_range_unless_asked_not_to(diffusion_run):
+    model = minisd.load(diffusion_run)
+    for clip in (True, False):
+        predictions = []
+        model.sample(4, steps=5, clip_denoised=clip, generator=torch.Generator().manual_seed(0),
+                     callback=lambda info: predictions.append(info["x0_pred"]))
+        largest = torch.stack(predictions).abs().max().item()
+        # The 20-step model's raw estimate at the cosine schedule's end (alpha = 4.5e-5) is far outside [-1, 1].
+        assert largest <= 1 if clip else largest > 1

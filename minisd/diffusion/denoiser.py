@@ -42,3 +42,21 @@ class NetworkDenoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         alpha, sigma = (expand_like(v, x_t) for v in self.schedule.alpha_sigma(t))
         return to_x0(self.network(x_t, t, cond), self.prediction, x_t, alpha, sigma)
+
+
+class ClippedDenoiser:
+    """A denoiser whose x0_hat is clipped to the data's range [``low``, ``high``], for sampling.
+
+    Ho et al. (2020) clip the predicted x0 to [-1, 1] at every sampling step, and so should any model
+    of bounded data: near t = 1 an eps-predicting network's x0_hat = (x_t - sigma_t eps_hat) / alpha_t
+    multiplies its error by 1 / alpha_t (22000 at the cosine schedule's end), and a sampler that
+    trusts that estimate carries it into the image. Clipping keeps the estimate in the set the data
+    can lie in; it never changes the estimate of a denoiser that already stays there.
+    """
+
+    def __init__(self, denoiser: Denoiser, low: float = -1.0, high: float = 1.0):
+        self.denoiser, self.low, self.high = denoiser, low, high
+        self.schedule = denoiser.schedule
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        return self.denoiser(x_t, t, cond).clamp(self.low, self.high)

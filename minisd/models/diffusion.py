@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from minisd.diffusion import NetworkDenoiser, build_schedule
+from minisd.diffusion.denoiser import ClippedDenoiser
 from minisd.diffusion.likelihood import prior_term, reconstruction_term, variational_bound
 from minisd.diffusion.losses import WEIGHTINGS, denoising_loss
 from minisd.diffusion.samplers import sample as run_sampler
@@ -90,10 +91,16 @@ class DiffusionModel(Model):
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, sampler: str | None = None,
-               steps: int | None = None, cond: Any = None,
+               steps: int | None = None, cond: Any = None, clip_denoised: bool = True,
                callback: Callable[[dict], None] | None = None, **sampler_args: Any) -> torch.Tensor:
-        """``n`` images ``(n, C, H, W)`` in [0, 1], by ``sampler`` (default: the model's) in ``steps`` steps."""
-        x0 = run_sampler(self.denoiser, (n, *self.image_shape), sampler=sampler or self.sampler,
+        """``n`` images ``(n, C, H, W)`` in [0, 1], by ``sampler`` (default: the model's) in ``steps`` steps.
+
+        ``clip_denoised``: clip every x0-prediction to the data range [-1, 1] (Ho et al. 2020), which keeps
+        the first steps from the cosine schedule's end (alpha = 4.5e-5) from carrying an amplified error
+        into the image: see :class:`minisd.diffusion.denoiser.ClippedDenoiser`.
+        """
+        denoiser = ClippedDenoiser(self.denoiser) if clip_denoised else self.denoiser
+        x0 = run_sampler(denoiser, (n, *self.image_shape), sampler=sampler or self.sampler,
                          steps=steps or self.sample_steps, generator=generator, cond=cond, callback=callback,
                          device=self.device, **sampler_args)
         return ((x0 + 1) / 2).clamp(0, 1)
