@@ -13,23 +13,22 @@ import torch
 
 import minisd
 from minisd.data import load_dataset
+from minisd.diffusion.losses import diffusion_term
 from minisd.models.diffusion import to_8bit_grid
+from minisd.train.checkpoint import read_checkpoint_config
 
 
 def main(run: str, num_steps: int = 1000, num_images: int = 200) -> None:
     torch.manual_seed(0)
     model = minisd.load(run)
-    dataset = minisd.train.checkpoint.read_checkpoint_config(run)["data"]["dataset"]
-    x0 = to_8bit_grid(load_dataset(dataset, "test").images[:num_images])
+    x0 = to_8bit_grid(load_dataset(read_checkpoint_config(run)["data"]["dataset"], "test").images[:num_images])
     schedule = model.schedule
     for i in (1, 2, 5, 10, 100, 500):
-        t, s = torch.full((num_images,), i / num_steps), torch.full((num_images,), (i - 1) / num_steps)
-        weight = 0.5 * (schedule.log_snr(s).exp() - schedule.log_snr(t).exp())
-        alpha, sigma = (v.view(-1, 1, 1, 1) for v in schedule.alpha_sigma(t))
         with torch.no_grad():
-            error = (model.denoiser(alpha * x0 + sigma * torch.randn_like(x0), t) - x0).square().flatten(1).sum(1)
-        print(f"term {i}: lambda {schedule.log_snr(t[:1]).item():.2f} -> {schedule.log_snr(s[:1]).item():.2f}, "
-              f"{(weight * error).mean().item():.2f} nats")
+            term = diffusion_term(model.denoiser, x0, num_steps=num_steps, step=i) / num_steps
+        t, s = torch.tensor([i / num_steps]), torch.tensor([(i - 1) / num_steps])
+        print(f"term {i}: lambda {schedule.log_snr(t).item():.2f} -> {schedule.log_snr(s).item():.2f}, "
+              f"{term.mean().item():.2f} nats")
 
 
 if __name__ == "__main__":

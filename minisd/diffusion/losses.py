@@ -101,13 +101,14 @@ def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: st
 
 
 def diffusion_term(denoiser, x0: torch.Tensor, *, num_steps: int | None = None, cond: Any = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, step: int | None = None) -> torch.Tensor:
     """One-sample estimate of the bound's diffusion (denoising matching) term, nats per example ``(B,)``.
 
     ``num_steps=None``: continuous time, 1/2 (lambda_max - lambda_min) e^lambda ||x0 - x0_hat||^2 with
     lambda ~ U(lambda_min, lambda_max) and t = lambda^-1(lambda).
     ``num_steps=T``: discrete time, T * 1/2 (SNR(s) - SNR(t)) ||x0 - x0_hat||^2 with t = i / T,
     s = (i - 1) / T and i uniform in {1, ..., T} (Luo 2022 eqs. 100 and 110: one term drawn at random).
+    ``step=i`` fixes i instead, and then the result is T times term i, exactly in its weight.
     """
     batch = len(x0)
     if num_steps is None:
@@ -116,7 +117,8 @@ def diffusion_term(denoiser, x0: torch.Tensor, *, num_steps: int | None = None, 
         t = denoiser.schedule.time_at_log_snr(log_snr.detach())
         weight = 0.5 * (log_snr_max - log_snr_min) * log_snr.exp()
     else:
-        step = torch.randint(1, num_steps + 1, (batch,), generator=generator, device=x0.device)
+        step = (torch.randint(1, num_steps + 1, (batch,), generator=generator, device=x0.device) if step is None
+                else torch.full((batch,), step, device=x0.device))
         t, s = step.to(x0.dtype) / num_steps, (step - 1).to(x0.dtype) / num_steps
         schedule = denoiser.schedule
         weight = num_steps * 0.5 * (schedule.log_snr(s).exp() - schedule.log_snr(t).exp())
