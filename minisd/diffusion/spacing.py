@@ -21,10 +21,32 @@ from minisd.diffusion.schedules import NoiseSchedule
 
 SPACINGS = ("uniform", "log_snr", "karras")
 
+# Where sampling starts: the time at which the log-SNR has fallen to -10, or t = 1 for a schedule that
+# never goes so low. There alpha = 0.0067, the signal a 1000-step linear-beta DDPM ends at, and drawing
+# x_t ~ N(0, sigma_t^2 I) in place of its true marginal costs KL = alpha^2 E||x_0||^2 / 2, about 0.01 nats
+# for an MNIST image. The cosine schedule goes on to lambda = -20, and a grid from there spends steps
+# on images that are noise to within 1e-4: the first 4 of 10 steps uniform in log-SNR fall below -7.
+LOG_SNR_START = -10.0
+
 # The least noisy time a grid stops at before its final jump to 0: one step of a 1000-step DDPM,
 # the smallest time its network ever saw. There lambda is about 9 (linear), 10 (cosine) and 13
 # (learned at init): sigma / alpha is 0.01 or less, so the final denoising step has little left to do.
 T_MIN = 1e-3
+
+
+def _factory(schedule: NoiseSchedule) -> dict:
+    """Tensor options for times: float64, or a learned schedule's parameters' dtype and device (it evaluates only there)."""
+    parameter = next(schedule.parameters(), None)
+    return {"dtype": torch.float64} if parameter is None else {"dtype": parameter.dtype, "device": parameter.device}
+
+
+def start_time(schedule: NoiseSchedule, log_snr: float = LOG_SNR_START) -> float:
+    """The time a sampler starts from: where lambda(t) falls to ``log_snr``, or 1.0 if lambda(1) >= ``log_snr``."""
+    factory = _factory(schedule)
+    with torch.no_grad():
+        if schedule.log_snr(torch.ones(1, **factory)).item() >= log_snr:
+            return 1.0
+        return schedule.time_at_log_snr(torch.tensor([log_snr], **factory)).item()
 
 
 def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", t_max: float = 1.0,
@@ -41,10 +63,7 @@ def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
     t_min = T_MIN if t_min is None else t_min
     if not 0 < t_min <= t_max <= 1:
         raise ValueError(f"need 0 < t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    # A learned schedule evaluates only in its parameters' dtype and on their device; the others in any.
-    parameter = next(schedule.parameters(), None)
-    factory = {"dtype": torch.float64} if parameter is None else {"dtype": parameter.dtype, "device": parameter.device}
-
+    factory = _factory(schedule)
     ramp = torch.linspace(0, 1, num_steps, **factory)  # [0] for one step: just t_max
     ends = torch.tensor([t_max, t_min], **factory)
     if spacing == "uniform":

@@ -43,7 +43,7 @@ class DiffusionModel(Model):
                  prediction: str = "eps", weighting: str = "simple", min_snr_gamma: float = 5.0,
                  base_channels: int = 32, channel_mults: list[int] = (1, 2, 2), num_res_blocks: int = 1,
                  attention_levels: list[int] | None = None, num_heads: int = 4, dropout: float = 0.0,
-                 num_classes: int | None = None, sampler: str = "dpmpp_2m", sample_steps: int = 20):
+                 num_classes: int | None = None, sampler: str = "dpmpp_2m_sde", sample_steps: int = 20):
         super().__init__(image_shape=list(image_shape), schedule=schedule, prediction=prediction,
                          weighting=weighting, min_snr_gamma=min_snr_gamma, base_channels=base_channels,
                          channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
