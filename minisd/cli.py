@@ -252,7 +252,7 @@ def _add_sampler_options(parser: argparse.ArgumentParser, purpose: str = "") -> 
     parser.add_argument("--steps", type=_positive_int, help="diffusion sampling steps, not denoiser evaluations: "
                                                             "heun spends 2 per step (default: the model's)")
     parser.add_argument("--spacing", choices=SPACINGS, help="time grid of the steps (default: uniform in log-SNR)")
-    parser.add_argument("--eta", type=float, help="noise of ddim / euler_ancestral (0: deterministic)")
+    parser.add_argument("--eta", type=float, help="noise of ddim / euler_ancestral / dpmpp_2m(_sde) (0: deterministic)")
 
 
 def build_parser() -> argparse.ArgumentParser:

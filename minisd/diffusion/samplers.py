@@ -231,7 +231,8 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, co
     ``eta`` > 0 solves the reverse SDE instead, with the same extrapolated D (SDE-DPM-Solver++(2M) of the
     same paper; k-diffusion's ``sample_dpmpp_2m_sde``, midpoint form):
 
-        x_s = (sigma_s / sigma_t) exp(-eta h) x_t - alpha_s (exp(-(1 + eta) h) - 1) D + sigma_s sqrt(1 - exp(-2 eta h)) z
+        x_s = (sigma_s / sigma_t) exp(-eta h) x_t - alpha_s (exp(-(1 + eta) h) - 1) D
+              + sigma_s sqrt(1 - exp(-2 eta h)) z
 
     At eta = 1 its first-order step is DDPM's posterior draw (the noise std is the posterior std, Luo (2022)
     eq. 85); the fresh noise at every step corrects errors the ODE would carry to the end.
@@ -252,7 +253,8 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, co
             else:
                 r = h_prev / h
                 x0_blend = (1 + 1 / (2 * r)) * x0_pred - 1 / (2 * r) * x0_prev
-            x = (sigmas[i + 1] / sigmas[i]) * torch.exp(-eta * h) * x - alphas[i + 1] * torch.expm1(-(1 + eta) * h) * x0_blend
+            x = (sigmas[i + 1] / sigmas[i] * torch.exp(-eta * h) * x
+                 - alphas[i + 1] * torch.expm1(-(1 + eta) * h) * x0_blend)
             x = _add_noise(x, sigmas[i + 1] * (-torch.expm1(-2 * eta * h)).sqrt(), generator)
         x0_prev, h_prev = x0_pred, h
         if callback is not None:

@@ -35,7 +35,7 @@ T_MIN = 1e-3
 
 
 def _factory(schedule: NoiseSchedule) -> dict:
-    """Tensor options for times: float64, or a learned schedule's parameters' dtype and device (it evaluates only there)."""
+    """Tensor options for times: float64, or a learned schedule's parameters' dtype and device (its only ones)."""
     parameter = next(schedule.parameters(), None)
     return {"dtype": torch.float64} if parameter is None else {"dtype": parameter.dtype, "device": parameter.device}
 
