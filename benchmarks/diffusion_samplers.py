@@ -63,22 +63,22 @@ def main() -> None:
     # the table lists them in increasing order.
     cells = {(sampler, budget): evaluate(args.run, args.classifier, sampler, steps_within(sampler, budget), out, args)
              for budget in args.nfe for sampler in args.samplers}
-    args.nfe = sorted(args.nfe)
-    table = {sampler: [cells[sampler, budget] for budget in args.nfe] for sampler in args.samplers}
+    budgets = sorted(args.nfe)
 
     print(f"\n{fid_name}, {args.samples} samples, against the NFE budget (in brackets where a sampler spends less)\n")
-    print("| sampler | " + " | ".join(f"NFE {budget}" for budget in args.nfe) + " |")
-    print("|---|" + "---|" * len(args.nfe))
-    for sampler, cells in table.items():
+    print("| sampler | " + " | ".join(f"NFE {budget}" for budget in budgets) + " |")
+    print("|---|" + "---|" * len(budgets))
+    for sampler in args.samplers:
+        row = [cells[sampler, budget] for budget in budgets]
         print(f"| {sampler} | " + " | ".join(
             f"{cell[fid_name]:.2f}" + (f" ({cell['sampler_evaluations']})" if cell["sampler_evaluations"] != budget
-                                       else "") for cell, budget in zip(cells, args.nfe)) + " |")
+                                       else "") for cell, budget in zip(row, budgets)) + " |")
     reference_fid = reference[fid_name]
     print(f"| ddpm, {args.reference_steps} steps (reference) | {reference_fid:.2f} |")
     seconds = reference["sampling_seconds"] / reference["sampler_evaluations"]
     print(f"\nsampling cost: {seconds:.2f} s per denoiser evaluation for {args.samples} images")
-    budget = 20 if 20 in args.nfe else args.nfe[len(args.nfe) // 2]
-    best_sampler, best = min(((sampler, cells[args.nfe.index(budget)][fid_name]) for sampler, cells in table.items()),
+    budget = 20 if 20 in budgets else budgets[len(budgets) // 2]
+    best_sampler, best = min(((sampler, cells[sampler, budget][fid_name]) for sampler in args.samplers),
                              key=lambda pair: pair[1])
     print(f"best at NFE {budget}: {best_sampler}, {fid_name} {best:.2f} = "
           f"{100 * (best / reference_fid - 1):+.1f}% against the {args.reference_steps}-step ancestral reference "

@@ -133,11 +133,11 @@ def test_karras_spacing_follows_eq_5_in_ve_sigma() -> None:
 def test_sampling_starts_where_log_snr_falls_to_minus_10_or_at_t_1(schedule_name: str) -> None:
     schedule = build_schedule(schedule_name)
     t_start = start_time(schedule)
-    grid = time_steps(schedule, 1, t_max=t_start)  # [t_start, 0] in the schedule's own dtype
-    if schedule.log_snr(torch.ones_like(grid[:1])).item() < LOG_SNR_START:  # linear (-10.05 at t = 1), cosine (-20)
+    if schedule_name == "learned":  # at its initialisation it ends at lambda(1) = -5, above the start
+        assert t_start == 1.0
+    else:  # linear ends at -10.05, cosine at -20
+        grid = time_steps(schedule, 1, t_max=t_start)  # [t_start, 0]
         assert t_start < 1 and schedule.log_snr(grid[:1]).item() == pytest.approx(LOG_SNR_START, abs=1e-6)
-    else:  # the learned schedule at its initialisation ends at -5
-        assert schedule_name == "learned" and t_start == 1.0
 
 
 def test_unknown_spacing_is_refused() -> None:

@@ -48,9 +48,9 @@ class ClippedDenoiser:
     """A denoiser whose x0_hat is clipped to the data's range [``low``, ``high``], for sampling.
 
     Ho et al. (2020) clip the predicted x0 to [-1, 1] at every sampling step, and so should any model
-    of bounded data: near t = 1 an eps-predicting network's x0_hat = (x_t - sigma_t eps_hat) / alpha_t
-    multiplies its error by 1 / alpha_t (22000 at the cosine schedule's end), and a sampler that
-    trusts that estimate carries it into the image. Clipping keeps the estimate in the set the data
+    of bounded data: at the noisy end an eps-predicting network's x0_hat = (x_t - sigma_t eps_hat) / alpha_t
+    multiplies its error by 1 / alpha_t (150 where sampling starts, at lambda = -10; 22000 at the cosine
+    schedule's t = 1), and a sampler that trusts that estimate carries it into the image. Clipping keeps the estimate in the set the data
     can lie in; it never changes the estimate of a denoiser that already stays there.
     """
 

@@ -96,7 +96,7 @@ class DiffusionModel(Model):
         """``n`` images ``(n, C, H, W)`` in [0, 1], by ``sampler`` (default: the model's) in ``steps`` steps.
 
         ``clip_denoised``: clip every x0-prediction to the data range [-1, 1] (Ho et al. 2020), which keeps
-        the first steps from the cosine schedule's end (alpha = 4.5e-5) from carrying an amplified error
+        the first, noisiest steps (alpha = 0.0067 at the start) from carrying an error amplified by 1 / alpha
         into the image: see :class:`minisd.diffusion.denoiser.ClippedDenoiser`.
         """
         denoiser = ClippedDenoiser(self.denoiser) if clip_denoised else self.denoiser
