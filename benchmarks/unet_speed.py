@@ -7,10 +7,15 @@ One run measures, on the same machine and in the same process:
      one training step (forward + backward, counted by torch.utils.flop_counter), its wall time, the
      images/s, and the achieved FLOP/s as a fraction of the matmul rate.
 
-    python benchmarks/unet_speed.py [--batch-size 64] [--steps 8]
+The three are timed in interleaved rounds (matmul, minisd, diffusers, matmul, ...), so that a load that
+comes and goes on the machine hits all of them alike; each round gives one fraction per model, and the
+median over rounds is reported with the range. Time it on an otherwise idle machine.
+
+    python benchmarks/unet_speed.py [--batch-size 64] [--rounds 5] [--steps 3]
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -30,20 +35,18 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def measure(name: str, step, batch_size: int, steps: int, matmul_rate: float) -> dict:
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    step()  # warm-up
+def step_seconds(step, steps: int) -> float:
+    """Mean wall time of ``steps`` calls of ``step``."""
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    seconds = (time.perf_counter() - start) / steps
-    result = {"name": name, "gflops_per_image": flops / batch_size / 1e9, "images_per_sec": batch_size / seconds,
-              "achieved_gflops": flops / seconds / 1e9, "fraction_of_matmul": flops / seconds / matmul_rate}
-    print(f"| {name} | {result['gflops_per_image']:.3f} | {result['images_per_sec']:.1f} | "
-          f"{result['achieved_gflops']:.1f} | {100 * result['fraction_of_matmul']:.0f}% |")
-    return result
+    return (time.perf_counter() - start) / steps
+
+
+def training_flops(step) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def minisd_step(batch_size: int):
@@ -84,22 +87,38 @@ def diffusers_step(batch_size: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of matmul and model timings")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per model and round")
     args = parser.parse_args()
     torch.manual_seed(0)
-    rate = matmul_flops_per_second()
-    print(f"fp32 matmul (2048 x 2048, torch.mm, {torch.get_num_threads()} threads): {rate / 1e9:.1f} GFLOP/s\n")
-    print("| model | parameters | GFLOP per image (fwd+bwd) | images/s | achieved GFLOP/s | of matmul rate |")
-    print("|---|---|---|---|---|---|")
     candidates = [("minisd UNet (diffusion_mnist)", minisd_step)]
     try:
         import diffusers  # noqa: F401
         candidates.append(("diffusers UNet2DModel", diffusers_step))
     except ImportError:
         print("(diffusers is not installed: pip install diffusers to compare)")
+    models = []
     for name, build in candidates:
         step, parameters = build(args.batch_size)
-        measure(f"{name} | {parameters / 1e6:.2f}M", step, args.batch_size, args.steps, rate)
+        flops = training_flops(step)
+        step()  # warm-up
+        models.append({"name": name, "step": step, "parameters": parameters, "flops": flops, "rounds": []})
+    rates = []
+    for _ in range(args.rounds):
+        rates.append(matmul_flops_per_second())
+        for model in models:
+            seconds = step_seconds(model["step"], args.steps)
+            model["rounds"].append((args.batch_size / seconds, model["flops"] / seconds / rates[-1]))
+
+    print(f"fp32 matmul (2048 x 2048, torch.mm, {torch.get_num_threads()} threads), {args.rounds} rounds: median "
+          f"{statistics.median(rates) / 1e9:.1f} GFLOP/s (range {min(rates) / 1e9:.1f}-{max(rates) / 1e9:.1f})\n")
+    print("| model | parameters | GFLOP per image (fwd+bwd) | images/s, median (range) | of matmul rate, median (range) |")
+    print("|---|---|---|---|---|")
+    for model in models:
+        speeds, fractions = zip(*model["rounds"])
+        print(f"| {model['name']} | {model['parameters'] / 1e6:.2f}M | {model['flops'] / args.batch_size / 1e9:.3f} | "
+              f"{statistics.median(speeds):.1f} ({min(speeds):.1f}-{max(speeds):.1f}) | "
+              f"{100 * statistics.median(fractions):.0f}% ({100 * min(fractions):.0f}-{100 * max(fractions):.0f}%) |")
 
 
 if __name__ == "__main__":

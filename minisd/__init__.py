@@ -3,11 +3,27 @@
 >>> import minisd
 >>> vae = minisd.load("runs/vae2d")              # a trained model from a checkpoint folder
 >>> images = vae.sample(16, generator=torch.Generator().manual_seed(0))
+
+``import minisd`` itself is light: torch is imported by the first use of :func:`load` (so that the
+command line's ``--help`` answers at once).
 """
 
+from minisd.errors import CheckpointError, ConfigError, DataError, MinisdError, SamplingError
 from minisd.version import __version__
 
-from minisd.errors import DataError, MinisdError
-from minisd.train.checkpoint import load
+__all__ = ["__version__", "load", "MinisdError", "DataError", "ConfigError", "CheckpointError", "SamplingError"]
 
-__all__ = ["__version__", "load", "MinisdError", "DataError"]
+
+_SUBPACKAGES = ("data", "diffusion", "eval", "figures", "models", "nn", "train")
+
+
+def __getattr__(name: str):
+    if name == "load":
+        from minisd.train.checkpoint import load
+
+        return load
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"minisd.{name}")
+    raise AttributeError(f"module 'minisd' has no attribute {name!r}")

@@ -1,8 +1,12 @@
 """The ``minisd`` command: train, sample, eval, figures, demo.
 
 Every sub-command maps onto one library call; run ``minisd COMMAND --help`` for its options.
-User mistakes (bad arguments, missing data, an existing output) print one line and exit with
-status 2, never a traceback.
+User mistakes (bad arguments, missing data, an existing output, a damaged checkpoint) print one line,
+``minisd: error: ...``, and exit with status 2, never a traceback. Outputs are checked before any
+work, and a command that fails leaves no file behind.
+
+Nothing here imports torch at module level: ``minisd --help`` answers at once, and the CPU threads are
+configured (:mod:`minisd.runtime`) before torch starts its thread pool.
 """
 
 from __future__ import annotations
@@ -16,17 +20,68 @@ from pathlib import Path
 from minisd.errors import MinisdError
 
 RUNS_DIR = Path("runs")
+MAX_GRID_IMAGES = 10_000  # a 100 x 100 grid; FID and other bulk uses draw their samples without a picture
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one line every minisd error is."""
+
+    def error(self, message: str):
+        self.exit(2, f"minisd: error: {message} (see: {self.prog} --help)\n")
+
+
+class _LazyChoices:
+    """argparse ``choices`` read from a registry only when needed: the registries import torch, --help should not."""
+
+    def __init__(self, load):
+        self._load = load
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __contains__(self, item) -> bool:
+        return item in self._load()
+
+
+def _sampler_names() -> list[str]:
+    from minisd.diffusion.samplers import SAMPLERS
+
+    return sorted(SAMPLERS)
+
+
+def _spacing_names() -> tuple[str, ...]:
+    from minisd.diffusion.spacing import SPACINGS
+
+    return SPACINGS
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def _non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    from minisd.runtime import DEVICE_HELP
+
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--threads", type=_positive_int,
+                        help="CPU threads for torch (default: $OMP_NUM_THREADS if set, else the cores this "
+                             "process may use; see the README)")
     if data:
         parser.add_argument("--data-dir", help="folder holding mnist/ and fashion-mnist/ IDX files "
                                                "(default: $MINISD_DATA, else a download cache)")
@@ -34,19 +89,32 @@ def _add_common(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from minisd.train import load_run_config, train_from_config
+    from minisd.train.config import apply_overrides
+    from minisd.train.distributed import is_main_process
 
-    config = load_run_config(args.config, args.set)
-    out = Path(args.out) if args.out else RUNS_DIR / Path(args.config).stem
+    if args.config:
+        config = load_run_config(args.config, args.set)
+    elif args.resume:
+        config = apply_overrides({}, args.set)  # only what changes; the rest comes from the checkpoint
+    else:
+        raise MinisdError("--config is needed to start a run (a preset or a TOML file; see minisd train --help)")
+    if args.out:
+        out = Path(args.out)
+    elif args.config:
+        out = RUNS_DIR / Path(args.config).stem
+    else:
+        raise MinisdError("--resume needs --out, the run folder to continue")
     result = train_from_config(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                                device=args.device, progress=not args.no_progress)
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items())
-    print(f"trained {result['step']} steps in {result['seconds']:.0f} s; test: {summary}")
-    print(f"checkpoint: {out / 'checkpoint'}   metrics: {out / 'metrics.jsonl'}")
+    if is_main_process():
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items())
+        print(f"trained {result['step']} steps in {result['seconds']:.0f} s; test: {summary}")
+        print(f"checkpoint: {out / 'checkpoint'}   metrics: {out / 'metrics.jsonl'}")
 
 
 def _load(args: argparse.Namespace):
     import minisd
-    from minisd.train.loop import resolve_device
+    from minisd.runtime import resolve_device
 
     return minisd.load(args.checkpoint, ema=not args.raw_weights, device=resolve_device(args.device))
 
@@ -63,21 +131,31 @@ def _sampler_args(args: argparse.Namespace, model) -> dict:
     if sampler_args and not model.has_samplers:
         raise MinisdError(f"a {model.model_type} samples in one step: --sampler, --steps, --spacing and --eta "
                           f"are for diffusion models")
+    if model.has_samplers:
+        from minisd.diffusion.samplers import check_sampler_args
+
+        check_sampler_args(sampler_args.get("sampler", model.sampler),
+                           **{k: v for k, v in sampler_args.items() if k == "eta"})
     return sampler_args
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
-    from minisd.images import check_writable, save_image_grid
+    from minisd.images import IMAGE_SUFFIXES, save_image_grid
+    from minisd.outputs import check_writable
+    from minisd.sampling import draw_samples
 
+    if args.n > MAX_GRID_IMAGES:
+        raise MinisdError(f"--n {args.n} is more images than one grid should hold (at most {MAX_GRID_IMAGES}); "
+                          f"FID draws many samples without a picture: minisd eval RUN --fid-classifier ...")
     out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "samples" / f"seed{args.seed}.png"
-    check_writable(out, args.overwrite)  # before the work, not after
+    check_writable(out, args.overwrite, suffixes=IMAGE_SUFFIXES, what="image")  # before the work, not after
     model = _load(args)
     if not model.can_sample:
         raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
-    images = model.sample(args.n, generator=torch.Generator(model.device).manual_seed(args.seed),
-                          **_sampler_args(args, model))
+    images = draw_samples(model, args.n, generator=torch.Generator(model.device).manual_seed(args.seed),
+                          progress=not args.no_progress, **_sampler_args(args, model))
     print(save_image_grid(images, out, overwrite=args.overwrite))
 
 
@@ -135,6 +213,7 @@ def _report_fid(model, config: dict, args, results: dict) -> None:
     import minisd
     from minisd.data import load_dataset
     from minisd.eval import class_balance, fid
+    from minisd.sampling import draw_samples
     from minisd.train.checkpoint import read_checkpoint_config
 
     dataset = config["data"]["dataset"]
@@ -147,10 +226,9 @@ def _report_fid(model, config: dict, args, results: dict) -> None:
     sampler_args = _sampler_args(args, model)
     classifier = minisd.load(args.fid_classifier, device=model.device)
     test_set = load_dataset(dataset, "test", data_dir=args.data_dir)
-    generator = torch.Generator(model.device).manual_seed(args.seed)
     start_time = time.perf_counter()
-    samples = torch.cat([model.sample(min(250, args.fid_samples - start), generator=generator, **sampler_args).cpu()
-                         for start in range(0, args.fid_samples, 250)])
+    samples = draw_samples(model, args.fid_samples, generator=torch.Generator(model.device).manual_seed(args.seed),
+                           progress=not args.no_progress, **sampler_args)
     results["sampling_seconds"] = time.perf_counter() - start_time
     if model.has_samplers:
         from minisd.diffusion.samplers import num_evaluations
@@ -170,7 +248,9 @@ def _report_fid(model, config: dict, args, results: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from minisd.models import MODELS
     from minisd.models.base import LatentVariableModel
+    from minisd.outputs import check_writable, make_parent
     from minisd.train.checkpoint import read_checkpoint_config
 
     config = read_checkpoint_config(args.checkpoint)
@@ -178,18 +258,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise MinisdError("--sampler, --steps, --spacing and --eta choose how the FID samples are drawn: "
                           "pass --fid-classifier too")
     if args.json:
-        from minisd.images import check_writable
-
-        check_writable(args.json, args.overwrite)
+        check_writable(args.json, args.overwrite, what="JSON file")
+    if args.fid_classifier:
+        read_checkpoint_config(args.fid_classifier)  # a wrong path fails now, not after the likelihood
+    model_class = MODELS.get(config["model"].get("type"))
+    if args.bound_steps is not None and model_class is not None and issubclass(model_class, LatentVariableModel):
+        raise MinisdError(f"--bound-steps is the number of steps of a diffusion model's bound; "
+                          f"a {config['model']['type']} has none")
     start = time.perf_counter()
     model = _load(args)
     results = {"checkpoint": str(args.checkpoint), "dataset": config["data"]["dataset"], "split": args.split,
                "binarized": bool(config["data"].get("binarize")), "step": config["step"]}
     if not (hasattr(model, "nll") or args.fid_classifier):
         raise MinisdError(f"a {model.model_type} has no likelihood; for FID pass --fid-classifier")
-    if args.bound_steps is not None and isinstance(model, LatentVariableModel):
-        raise MinisdError(f"--bound-steps is the number of steps of a diffusion model's bound; "
-                          f"a {model.model_type} has none")
     if hasattr(model, "nll") and not args.skip_likelihood:
         images = _evaluation_set(config, args.split, args.data_dir).images[:args.limit]
         report = _report_latent_likelihood if isinstance(model, LatentVariableModel) else _report_diffusion_bound
@@ -198,11 +279,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _report_fid(model, config, args, results)
     results["seconds"] = time.perf_counter() - start
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        make_parent(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
+# Which model types each chapter's figures draw.
+FIGURE_MODELS = {"vae": ("vae", "autoencoder", "hvae"), "autoencoder": ("autoencoder", "vae", "hvae"),
+                 "diffusion": ("diffusion",)}
+
+
 def cmd_figures(args: argparse.Namespace) -> None:
+    from minisd.train.checkpoint import read_checkpoint_config
+
+    config = read_checkpoint_config(args.checkpoint) if args.checkpoint else None
+    if config is not None and config["model"].get("type") not in FIGURE_MODELS.get(args.chapter, ()):
+        kind = config["model"].get("type")
+        fits = [chapter for chapter, types in FIGURE_MODELS.items() if kind in types]
+        raise MinisdError(f"{args.checkpoint} holds a {kind} model, not one that minisd figures {args.chapter} "
+                          f"draws" + (f"; use: minisd figures {fits[0]} {args.checkpoint}" if fits else ""))
     if args.chapter == "probability":
         from minisd.figures.probability import make_probability_figures
 
@@ -211,9 +305,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
     elif args.chapter == "diffusion":
         from minisd.data import load_dataset
         from minisd.figures.diffusion import make_diffusion_figures
-        from minisd.train.checkpoint import read_checkpoint_config
 
-        dataset = read_checkpoint_config(args.checkpoint)["data"]["dataset"] if args.checkpoint else "mnist"
+        dataset = config["data"]["dataset"] if config else "mnist"
         try:
             image = load_dataset(dataset, "test", data_dir=args.data_dir).images[0]
         except MinisdError:
@@ -226,9 +319,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         if not args.checkpoint:
             raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")
         from minisd.figures.vae import make_vae_figures
-        from minisd.train.checkpoint import read_checkpoint_config
 
-        config = read_checkpoint_config(args.checkpoint)
         dataset = _evaluation_set(config, "test", args.data_dir)
         out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "figures"
         paths = make_vae_figures(_load(args), dataset, out, metrics_path=_run_dir(args.checkpoint) / "metrics.jsonl",
@@ -245,31 +336,34 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _add_sampler_options(parser: argparse.ArgumentParser, purpose: str = "") -> None:
     """--sampler, --steps, --spacing, --eta: how a diffusion model draws its samples."""
-    from minisd.diffusion.samplers import SAMPLERS
-    from minisd.diffusion.spacing import SPACINGS
-
-    parser.add_argument("--sampler", choices=sorted(SAMPLERS), help=f"diffusion sampler {purpose}(default: the model's)")
+    parser.add_argument("--sampler", choices=_LazyChoices(_sampler_names), metavar="SAMPLER",
+                        help=f"diffusion sampler {purpose}(default: the model's): %(choices)s")
     parser.add_argument("--steps", type=_positive_int, help="diffusion sampling steps, not denoiser evaluations: "
                                                             "heun spends 2 per step (default: the model's)")
-    parser.add_argument("--spacing", choices=SPACINGS, help="time grid of the steps (default: uniform in log-SNR)")
-    parser.add_argument("--eta", type=float, help="noise of ddim / euler_ancestral / dpmpp_2m(_sde) (0: deterministic)")
+    parser.add_argument("--spacing", choices=_LazyChoices(_spacing_names), metavar="SPACING",
+                        help="time grid of the steps (default: log_snr, uniform in log-SNR): %(choices)s")
+    parser.add_argument("--eta", type=_non_negative_number,
+                        help="noise of ddim (at most 1) / euler_ancestral / dpmpp_2m(_sde) (0: deterministic)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minisd.train.config import list_presets
+    from minisd.configs import list_presets
     from minisd.version import __version__
 
-    parser = argparse.ArgumentParser(prog="minisd", description="Stable Diffusion built from first principles.")
+    parser = _Parser(prog="minisd", description="Stable Diffusion built from first principles.")
     parser.add_argument("--version", action="version", version=f"minisd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model from a preset or TOML config",
                                 description=f"Train a model. Presets: {', '.join(list_presets())}.")
-    train.add_argument("--config", required=True, help="preset name or path to a TOML file")
+    train.add_argument("--config", help="preset name or path to a TOML file (optional with --resume, which "
+                                        "reads the run's saved config)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set train.steps=500 --set data.dataset=digits")
     train.add_argument("--out", help="run folder (default: runs/<config name>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint, with its saved config "
+                            "(only train.steps may change: --set train.steps=N trains longer)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_common(train)
@@ -279,13 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("checkpoint", help="checkpoint folder, or the run folder holding it")
         sub.add_argument("--raw-weights", action="store_true", help="use the last step's weights instead of the EMA")
-        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same result")
         sub.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        sub.add_argument("--no-progress", action="store_true", help="hide the progress bars")
         return sub
 
-    sample = checkpoint_command("sample", "draw samples from a trained model and write a PNG grid")
-    sample.add_argument("--n", type=_positive_int, default=64, help="number of images")
-    sample.add_argument("--out", help="PNG path (default: <run>/samples/seed<SEED>.png)")
+    sample = checkpoint_command("sample", "draw samples from a trained model and write an image grid")
+    sample.add_argument("--n", type=_positive_int, default=64, help=f"number of images (at most {MAX_GRID_IMAGES})")
+    sample.add_argument("--out", help="image path, .png (default: <run>/samples/seed<SEED>.png)")
     _add_sampler_options(sample)
     _add_common(sample, data=False)
     sample.set_defaults(func=cmd_sample)
@@ -305,7 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=100)
     evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
-    evaluate.add_argument("--no-progress", action="store_true")
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
@@ -315,15 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("checkpoint", nargs="?", help="trained model (vae / autoencoder: required; "
                                                        "diffusion: adds the trajectory and sampler figures)")
     figures.add_argument("--out", help="folder for the PNG files")
-    figures.add_argument("--seed", type=int, default=0)
-    figures.add_argument("--raw-weights", action="store_true")
-    figures.add_argument("--overwrite", action="store_true")
+    figures.add_argument("--seed", type=int, default=0, help="random seed of the figures' noise and samples")
+    figures.add_argument("--raw-weights", action="store_true", help="use the last step's weights instead of the EMA")
+    figures.add_argument("--overwrite", action="store_true", help="replace existing figures")
     _add_common(figures)
     figures.set_defaults(func=cmd_figures)
 
-    demo = commands.add_parser("demo", help="train the path's 2-d VAE (MNIST, else built-in digits) and draw its figures")
-    demo.add_argument("--out", default="outputs/demo")
-    demo.add_argument("--overwrite", action="store_true")
+    demo_help = ("train the path's 2-d VAE (784 -> 256 -> 2 -> 256 -> 784) on MNIST, or on the built-in 8x8 digits "
+                 "when MNIST is not found, report its test ELBO and importance-weighted bound, and draw its figures")
+    demo = commands.add_parser("demo", help="train the path's 2-d VAE and draw its figures (make demo)",
+                               description=demo_help[0].upper() + demo_help[1:] + ".")
+    demo.add_argument("--out", default="outputs/demo", help="folder for the run, numbers and figures")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -332,12 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from minisd.runtime import configure_threads
+
+        configure_threads(args.threads)
         args.func(args)
     except MinisdError as err:
         print(f"minisd: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("minisd: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
+        print("minisd: interrupted; a run keeps its last checkpoint (continue it with --resume)", file=sys.stderr)
         return 130
     return 0
 

@@ -15,9 +15,10 @@ from minisd.data import binarized_once, load_dataset
 from minisd.errors import DataError, MinisdError
 from minisd.eval import evaluate_likelihood
 from minisd.figures.vae import make_vae_figures
+from minisd.outputs import check_output_dir
+from minisd.runtime import resolve_device
 from minisd.train import load_run_config, train_from_config
 from minisd.train.checkpoint import load
-from minisd.train.loop import resolve_device
 
 # The 8x8 digits are 40 times fewer than MNIST's images: smaller batches, more epochs.
 DIGITS_OVERRIDES = ["data.dataset=digits", "train.batch_size=64", "train.steps=4000", "train.eval_every=1000",
@@ -40,12 +41,14 @@ def choose_dataset(data_dir: str | None) -> str:
 def run_demo(out_dir: Path, *, data_dir: str | None = None, overwrite: bool = False, device: str = "auto") -> dict:
     """Train the ``vae2d`` preset, report its test ELBO and IWAE bound, write the chapter's figures into ``out_dir``."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise MinisdError(f"{out_dir} already holds a demo; pass --overwrite to replace it or choose another --out")
-        shutil.rmtree(out_dir)
+    earlier = out_dir.is_dir() and any(out_dir.iterdir())
+    if earlier and not overwrite:
+        raise MinisdError(f"{out_dir} already holds a demo; pass --overwrite to replace it or choose another --out")
+    check_output_dir(out_dir, "demo folder")
     dataset = choose_dataset(data_dir)
     config = load_run_config("vae2d", DIGITS_OVERRIDES if dataset == "digits" else [])
+    if earlier:
+        shutil.rmtree(out_dir)  # only now that the new demo is ready to start
     run_dir = out_dir / "run"
     print(f"minisd demo: training the 2-d VAE (image -> 256 -> 2-d latent -> 256 -> image) on {dataset}, "
           f"{config['train']['steps']} steps")

@@ -10,16 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from minisd.errors import MinisdError
+from minisd.errors import SamplingError
+from minisd.outputs import check_writable, make_parent
 
-
-def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to replace an existing file unless ``overwrite``; create the parent folder."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise MinisdError(f"{path} already exists; pass --overwrite to replace it or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
@@ -36,13 +30,16 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int | None = None, scale: int = 2,
                     overwrite: bool = False) -> Path:
-    """Write ``(B, C, H, W)`` images in [0, 1] as one PNG grid, each pixel enlarged ``scale`` times."""
-    path = check_writable(path, overwrite)
+    """Write ``(B, C, H, W)`` images in [0, 1] as one image grid (PNG, or another format by the suffix),
+    each pixel enlarged ``scale`` times. Refuses images that are not finite rather than write them as black."""
+    path = check_writable(path, overwrite, suffixes=IMAGE_SUFFIXES, what="image")
+    if not torch.isfinite(images).all():
+        raise SamplingError(f"the images hold NaN or infinite values; nothing was written to {path}")
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow)
     array = (grid.numpy() * 255).round().astype(np.uint8)
     array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
     image = Image.fromarray(array)
     if scale != 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    image.save(path)
+    image.save(make_parent(path))
     return path

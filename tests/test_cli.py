@@ -99,6 +99,7 @@ def test_argparse_rejects_nonpositive_counts(capsys):
 
 def test_missing_mnist_is_one_clear_error_naming_the_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(idx.MIRRORS, "mnist", [(tmp_path / "no-mirror").as_uri() + "/"])
+    (tmp_path / "empty").mkdir()
     err = error_of(capsys, ["train", "--config", "vae2d", "--data-dir", str(tmp_path / "empty"),
                             "--out", str(tmp_path / "run")])
     assert "train-images-idx3-ubyte.gz" in err and "MINISD_DATA" in err
@@ -112,6 +113,16 @@ def test_resume_continues_to_more_steps(trained_run, tmp_path):
     argv = ["train", "--config", "vae2d", *TINY, "--set", "train.steps=40", "--out", str(run), "--resume"]
     assert main(argv) == 0
     assert json.loads((run / "result.json").read_text())["step"] == 40
+
+
+def test_resume_reads_the_saved_config_and_extends_only_the_steps(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["train", "--out", str(run), "--resume", "--set", "train.steps=35", "--no-progress"]) == 0
+    config = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert config["step"] == 35 and config["model"]["hidden"] == [32] and config["data"]["dataset"] == "digits"
 
 
 def test_probability_figures_from_cli_refuse_to_overwrite(tmp_path, capsys):

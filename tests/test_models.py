@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from minisd.figures import vae as vae_figures
 from minisd.models import VAE, Autoencoder, build_model
 from minisd.probability import sample_normal
 
@@ -101,3 +102,29 @@ def test_autoencoder_cannot_sample_and_reconstructs_in_unit_range():
     assert not model.can_sample
     out = model.reconstruct(torch.rand(3, 1, 8, 8))
     assert out.shape == (3, 1, 8, 8) and 0 <= out.min() and out.max() <= 1
+
+
+@pytest.mark.parametrize("model_type", ["vae", "autoencoder"])
+def test_latent_manifold_is_labelled_in_latent_coordinates_with_z1_growing_upwards(model_type, digits_test, tmp_path,
+                                                                                    monkeypatch):
+    drawn = []
+    monkeypatch.setattr(vae_figures, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    torch.manual_seed(0)
+    model = build_model({"type": model_type, "image_shape": (1, 8, 8), "latent_dim": 2, "hidden": [16]})
+    with torch.no_grad():
+        vae_figures.latent_manifold_figure(model, digits_test, tmp_path / "manifold.png", side=5)
+    ax = drawn[0].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("z[0]", "z[1]")
+    ticks = {}
+    for axis, positions, labels in (("x", ax.get_xticks(), ax.get_xticklabels()),
+                                    ("y", ax.get_yticks(), ax.get_yticklabels())):
+        values = [float(label.get_text().replace("\N{MINUS SIGN}", "-")) for label in labels]
+        assert len(values) >= 3 and values == sorted(values)
+        ticks[axis] = dict(zip(values, positions))
+    x_positions, y_positions = list(ticks["x"].values()), list(ticks["y"].values())
+    assert x_positions == sorted(x_positions)  # z[0] grows to the right ...
+    assert y_positions == sorted(y_positions, reverse=True)  # ... and z[1] upwards, as in latent_space_figure
+    if model_type == "vae":
+        # The middle cell of 5 decodes the prior's median, z = 0: its tick sits at the grid's middle pixel.
+        height, width = ax.images[0].get_array().shape
+        assert ticks["x"][0.0] == pytest.approx((width - 1) / 2) and ticks["y"][0.0] == pytest.approx((height - 1) / 2)

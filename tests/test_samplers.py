@@ -22,6 +22,7 @@ from minisd.diffusion.samplers import (NFE_PER_STEP, SAMPLERS, num_evaluations, 
                                        sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler, sample_euler_ancestral)
 from minisd.diffusion.schedules import NoiseSchedule, build_schedule
 from minisd.diffusion.spacing import LOG_SNR_START, SPACINGS, T_MIN, start_time, time_steps
+from minisd.errors import ConfigError, SamplingError
 
 SCHEDULES = ("linear", "cosine", "learned")  # "learned" at its initialisation
 DETERMINISTIC = {"ddim": {"eta": 0.0}, "euler": {}, "heun": {}, "dpmpp_2m": {}}
@@ -342,3 +343,49 @@ def test_sample_starts_at_start_time_by_default_and_at_t_max_if_given() -> None:
         denoiser.times.clear()
         sample(denoiser, (2, 3), steps=3, t_max=t_max, generator=generator(0), dtype=torch.float64)
         assert denoiser.times[0][0].item() == pytest.approx(expected, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Bad arguments: a clear error, never a NaN image
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler, eta", [("euler_ancestral", -5.0), ("dpmpp_2m", -0.1), ("dpmpp_2m_sde", float("nan")),
+                                          ("ddim", 1.5), ("ddim", float("nan")), ("euler_ancestral", float("inf"))])
+def test_eta_outside_a_samplers_range_is_refused(sampler: str, eta: float) -> None:
+    with pytest.raises(ConfigError, match="eta"):
+        sample(gaussian_denoiser("cosine"), (2, 3), sampler=sampler, steps=3, eta=eta, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="eta"):  # and called directly, without sample()
+        SAMPLERS[sampler](gaussian_denoiser("cosine"), torch.zeros(2, 3, dtype=torch.float64),
+                          torch.tensor([0.5, 0.1, 0.0]), eta=eta)
+
+
+def test_argument_a_sampler_does_not_take_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="the ddpm sampler takes no eta .only ddim, dpmpp_2m, dpmpp_2m_sde, "
+                                          "euler_ancestral do."):
+        sample(gaussian_denoiser("cosine"), (2, 3), sampler="ddpm", steps=3, eta=0.5, dtype=torch.float64)
+
+
+def test_grid_with_a_zero_length_step_is_refused() -> None:
+    with pytest.raises(ConfigError, match="zero length"):
+        sample(gaussian_denoiser("cosine"), (2, 3), sampler="dpmpp_2m", steps=3, t_max=T_MIN, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="whole number"):
+        time_steps(build_schedule("cosine"), 2.5)
+
+
+def test_sampling_stops_at_the_first_non_finite_step() -> None:
+    class BrokenAfter:
+        """The Gaussian denoiser, until its third call, then NaN."""
+
+        def __init__(self):
+            self.inner, self.calls = gaussian_denoiser("cosine"), 0
+            self.schedule = self.inner.schedule
+
+        def __call__(self, x_t, t, cond=None):
+            self.calls += 1
+            return self.inner(x_t, t) * (float("nan") if self.calls >= 3 else 1.0)
+
+    denoiser = BrokenAfter()
+    with pytest.raises(SamplingError, match="step 3 of 10"):
+        sample(denoiser, (2, 3), sampler="dpmpp_2m", steps=10, dtype=torch.float64)
+    assert denoiser.calls == 3, "sampling went on after the first NaN"

@@ -58,7 +58,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
             for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
 
 
-def test_resumed_run_ends_bit_identical_to_uninterrupted_run(tmp_path, digits_train, digits_test):
+def test_resumed_run_ends_bit_identical_to_uninterrupted_run_despite_a_partial_log_line(tmp_path, digits_train, digits_test):
     config = tiny_config()
     torch.manual_seed(0)
     train(VAE(**TINY), digits_train, config, tmp_path / "straight", eval_set=digits_test,
@@ -71,6 +71,8 @@ def test_resumed_run_ends_bit_identical_to_uninterrupted_run(tmp_path, digits_tr
         train(crashing, digits_train, config, tmp_path / "resumed", eval_set=digits_test,
               binarize_data=True, progress=False)
     assert json.loads((tmp_path / "resumed/checkpoint/config.json").read_text())["step"] == 20
+    with (tmp_path / "resumed/metrics.jsonl").open("a") as metrics:
+        metrics.write('{"step": 26, "loss": 1')  # the partial last line of a process killed while writing it
     torch.manual_seed(123)  # a different initialisation: resuming must overwrite it all
     train(VAE(**TINY), digits_train, config, tmp_path / "resumed", eval_set=digits_test,
           binarize_data=True, resume=True, progress=False)
@@ -121,6 +123,18 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
     model = minisd.load(tmp_path / "run")
     assert json.loads((tmp_path / "run/checkpoint/config.json").read_text())["step"] == 5
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, digits_train):
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written"):
+        train(NaNAt(**TINY), digits_train, tiny_config(checkpoint_every=0, eval_every=0), tmp_path / "run",
+              progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_records_the_thread_count_that_resume_needs_for_identical_bits(tmp_path, digits_train):
+    train(Autoencoder(**TINY), digits_train, tiny_config(steps=5, eval_every=0), tmp_path, progress=False)
+    assert json.loads((tmp_path / "checkpoint/config.json").read_text())["threads"] == torch.get_num_threads()
 
 
 def test_nan_loss_in_cli_is_one_line_and_exit_2(tmp_path, capsys):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from minisd.errors import DataError
 
@@ -51,8 +52,10 @@ MIRRORS: dict[str, list[str]] = {
     ],
 }
 
-DOWNLOAD_TIMEOUT_S = 60.0
+# Seconds to wait for a mirror to answer (and for each chunk after that) before trying the next one.
+DOWNLOAD_TIMEOUT_S = 20.0
 _CHUNK_BYTES = 1 << 20
+_DOWNLOAD_CHUNK_BYTES = 1 << 16  # small enough for the progress bar to move on a slow line
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,6 @@ def _download_verified(url: str, destination: Path, known: KnownFile) -> None:
     # Stream into a temporary file next to the destination and rename it into place only once
     # size and MD5 match: os.replace within one folder is atomic, so an interrupted or bad
     # download never leaves a half file under the real name.
-    print(f"minisd: downloading {url}", file=sys.stderr)
     handle, temp_name = tempfile.mkstemp(
         dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
     )
@@ -193,11 +195,14 @@ def _download_verified(url: str, destination: Path, known: KnownFile) -> None:
     try:
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            while chunk := response.read(_CHUNK_BYTES):
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+                tqdm(total=known.size, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+                     desc=known.filename, file=sys.stderr, dynamic_ncols=True) as bar:
+            while chunk := response.read(_DOWNLOAD_CHUNK_BYTES):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                bar.update(len(chunk))
         problem = _size_problem(size, known) or _md5_problem(digest.hexdigest(), known)
         if problem:
             raise _DownloadRejected(problem)
@@ -206,14 +211,33 @@ def _download_verified(url: str, destination: Path, known: KnownFile) -> None:
         temp_path.unlink(missing_ok=True)  # after a successful os.replace there is nothing left
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True)``, returning the folders it created (outermost first), to undo on failure."""
+    created = []
+    for path in [*reversed(folder.parents), folder]:
+        if not path.exists():
+            created.append(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (another file arrived meanwhile): leave it and its parents
+
+
 def download_file(known: KnownFile, data_dir: Path) -> Path:
     """Download ``known`` into ``<data_dir>/<dataset>/<file>``, trying each mirror in turn.
 
-    Returns the path of the verified file. Raises one DataError listing every mirror's failure.
+    Returns the path of the verified file. Raises one DataError listing every mirror's failure; then
+    the folders this call created (a mistyped data folder, say) are removed again.
     """
     destination = data_dir / known.dataset / known.filename
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_folders(destination.parent)
     except OSError as error:
         raise DataError(
             f"{destination} is missing and cannot be downloaded: cannot create folder "
@@ -223,15 +247,17 @@ def download_file(known: KnownFile, data_dir: Path) -> Path:
     failures = []
     for mirror in MIRRORS[known.dataset]:
         url = mirror + known.filename
+        print(f"minisd: downloading {url}", file=sys.stderr)
         try:
             _download_verified(url, destination, known)
             return destination
         except (OSError, http.client.HTTPException, ValueError, _DownloadRejected) as error:
-            failures.append(f"  {url}: {error}")
+            print(f"minisd: failed ({error})", file=sys.stderr)
+            failures.append(f"{url}: {error}")
+    _remove_empty(created)
     raise DataError(
-        f"{destination} is missing and the download failed from every mirror:\n"
-        + "\n".join(failures)
-        + f"\nCheck the internet connection, or fetch {known.filename} by hand into {destination.parent}. "
+        f"{destination} is missing and the download failed from every mirror ({'; '.join(failures)}). "
+        f"Check the internet connection, or fetch {known.filename} by hand into {destination.parent}. "
         + _how_to_fix(known.relative_path)
     )
 
@@ -299,6 +325,10 @@ def load_idx_split(
     and verified against their known MD5 on every call, even when the parsed arrays are memoised.
     """
     root = resolve_data_dir(data_dir)
+    if not root.is_dir() and (data_dir is not None or os.environ.get(DATA_DIR_ENV_VAR)):
+        given = "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV_VAR}"
+        raise DataError(f"the data folder {root} (from {given}) does not exist: fix the path, create the folder "
+                        f"to download into it, or leave {given} unset to use the download cache")
     images_file, labels_file = split_files(dataset, split)
     images_path = ensure_file(images_file, root, download)
     labels_path = ensure_file(labels_file, root, download)

@@ -36,6 +36,8 @@ returns x0_pred.
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any, Callable
 
 import torch
@@ -43,6 +45,7 @@ import torch
 from minisd.diffusion.denoiser import Denoiser
 from minisd.diffusion.parameterisation import eps_from_x0
 from minisd.diffusion.spacing import start_time, time_steps
+from minisd.errors import ConfigError, SamplingError
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -99,6 +102,18 @@ def _add_noise(x: torch.Tensor, std: torch.Tensor, generator: torch.Generator | 
     return x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
+# The largest noise scale eta of each sampler that takes one: DDIM's eta = 1 is already the ancestral variance.
+ETA_MAX = {"ddim": 1.0, "dpmpp_2m": math.inf, "dpmpp_2m_sde": math.inf, "euler_ancestral": math.inf}
+
+
+def _check_eta(sampler: str, eta: float) -> None:
+    """The noise scale eta lies in [0, ETA_MAX[sampler]]: a negative eta is a negative variance (NaN)."""
+    high = ETA_MAX[sampler]
+    if not (isinstance(eta, (int, float)) and 0 <= eta <= high and math.isfinite(eta)):
+        bound = "0 <= eta" if high == math.inf else f"0 <= eta <= {high:g}"
+        raise ConfigError(f"{sampler} needs a finite {bound}, got eta = {eta}")
+
+
 # --------------------------------------------------------------------------------------
 # Samplers
 # --------------------------------------------------------------------------------------
@@ -143,8 +158,7 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: 
     keeps the marginal noise level sigma_s for any eta in [0, 1] (Song et al. eq. 16 for c); eta = 1 is the
     ancestral variance, and then DDIM is DDPM. With eta = 0 it is Euler on the probability-flow ODE.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"DDIM needs 0 <= eta <= 1, got {eta}")
+    _check_eta("ddim", eta)
     ts, alphas, sigmas = _grid(denoiser, ts, x)
     for i in range(len(ts) - 1):
         alpha_t, sigma_t, alpha_s, sigma_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
@@ -237,8 +251,7 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, co
     At eta = 1 its first-order step is DDPM's posterior draw (the noise std is the posterior std, Luo (2022)
     eq. 85); the fresh noise at every step corrects errors the ODE would carry to the end.
     """
-    if eta < 0:
-        raise ValueError(f"DPM-Solver++(2M) needs eta >= 0, got {eta}")
+    _check_eta("dpmpp_2m", eta)
     ts, alphas, sigmas = _grid(denoiser, ts, x)
     lambdas = alphas.log() - sigmas.log()  # +inf at t = 0
     x0_prev, h_prev = None, None
@@ -280,6 +293,7 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor
     ``eta`` times the posterior std (capped at sigma_ve_s). The total noise level at s is right for any
     eta; eta = 0 is Euler, and for eta <= 1 it equals DDIM with the same eta.
     """
+    _check_eta("euler_ancestral", eta)
     ts, alphas, sigmas = _grid(denoiser, ts, x)
     sigmas_ve = sigmas / alphas
     for i in range(len(ts) - 1):
@@ -310,11 +324,42 @@ NFE_PER_STEP: dict[str, int] = {"ddpm": 1, "ddim": 1, "euler": 1, "heun": 2, "dp
                                "euler_ancestral": 1}
 
 
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+
+
+def check_sampler_args(sampler: str, **sampler_args: Any) -> None:
+    """Refuse an unknown sampler, an argument it does not take (``eta`` for ddpm, say) or an eta out of its
+    range, before any work. (The samplers check eta too, for callers that use them directly.)"""
+    _check_sampler(sampler)
+    accepted = set(inspect.signature(SAMPLERS[sampler]).parameters) - {"denoiser", "x", "ts", "cond", "generator",
+                                                                      "callback"}
+    unknown = set(sampler_args) - accepted
+    if unknown:
+        takers = sorted(name for name, function in SAMPLERS.items()
+                        if set(unknown) <= set(inspect.signature(function).parameters))
+        raise ConfigError(f"the {sampler} sampler takes no {', '.join(sorted(unknown))}"
+                          + (f" (only {', '.join(takers)} do)" if takers else ""))
+    if "eta" in sampler_args:
+        _check_eta(sampler, sampler_args["eta"])
+
+
 def num_evaluations(sampler: str, steps: int) -> int:
     """How many times ``sampler`` calls the denoiser in ``steps`` steps (Heun's last step is Euler: 2N - 1)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    _check_sampler(sampler)
     return NFE_PER_STEP[sampler] * steps - (1 if sampler == "heun" else 0)
+
+
+def _stop_if_not_finite(callback: Callback | None, sampler: str, steps: int) -> Callback:
+    """Wrap a per-step callback so that sampling stops at the first step whose state is NaN or infinite."""
+    def check_then_call(info: dict[str, Any]) -> None:
+        if not torch.isfinite(info["x"]).all():
+            raise SamplingError(f"{sampler} gave NaN or infinite values at step {info['step'] + 1} of {steps}; no "
+                                f"image was made. Try another sampler or spacing, more steps, or a lower eta")
+        if callback is not None:
+            callback(info)
+    return check_then_call
 
 
 @torch.no_grad()
@@ -334,11 +379,13 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_
     on all three; ``karras``, from the cosine schedule's sigma_max of 22000, spends most of a small
     budget where the image is still pure noise. The default sampler, DPM-Solver++(2M) on the SDE, gave the
     best FID-MNIST at 20 denoiser evaluations in ``benchmarks/README.md``.
+
+    A step whose result is not finite stops sampling with :class:`~minisd.errors.SamplingError`, so a NaN is
+    never returned as an image.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    check_sampler_args(sampler, **sampler_args)
     ts = time_steps(denoiser.schedule, steps, spacing, t_max=start_time(denoiser.schedule) if t_max is None else t_max)
     noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     _, sigma_max = denoiser.schedule.alpha_sigma(ts[:1].to(noise))
-    return SAMPLERS[sampler](denoiser, sigma_max * noise, ts, cond=cond, generator=generator, callback=callback,
-                             **sampler_args)
+    return SAMPLERS[sampler](denoiser, sigma_max * noise, ts, cond=cond, generator=generator,
+                             callback=_stop_if_not_finite(callback, sampler, steps), **sampler_args)

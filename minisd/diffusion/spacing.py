@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from minisd.diffusion.schedules import NoiseSchedule
+from minisd.errors import ConfigError
 
 SPACINGS = ("uniform", "log_snr", "karras")
 
@@ -58,12 +59,15 @@ def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
     computed in float64, or in the dtype of a learned schedule's parameters, on their device.
     """
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+        raise ConfigError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ConfigError(f"the number of steps must be a whole number, at least 1, got {num_steps!r}")
     t_min = T_MIN if t_min is None else t_min
     if not 0 < t_min <= t_max <= 1:
-        raise ValueError(f"need 0 < t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
+        raise ConfigError(f"need 0 < t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if num_steps > 1 and t_min == t_max:
+        raise ConfigError(f"a grid of {num_steps} steps from t_max = {t_max} to t_min = {t_min} would have steps of "
+                          f"zero length; give t_max > t_min, or one step")
     factory = _factory(schedule)
     ramp = torch.linspace(0, 1, num_steps, **factory)  # [0] for one step: just t_max
     ends = torch.tensor([t_max, t_min], **factory)
@@ -83,4 +87,7 @@ def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
         # The bisection inverse is only accurate to its tolerance, and near t = 1 the cosine log-SNR is
         # steep: start at t_max itself, the time the sampler's initial noise is drawn for.
         times[0] = ends[0]
+    if not (times[1:] < times[:-1]).all():
+        raise ConfigError(f"{num_steps} steps between t = {t_max} and {t_min} are too many to keep every step longer "
+                          f"than zero in {times.dtype}; use fewer steps or a wider range")
     return torch.cat([times, times.new_zeros(1)])

@@ -12,7 +12,7 @@ from minisd.diffusion import build_schedule
 from minisd.diffusion.samplers import SAMPLERS
 from minisd.diffusion.schedules import SCHEDULES
 from minisd.figures.plotting import save_figure, show_image_grid
-from minisd.images import check_writable
+from minisd.outputs import check_writable
 from minisd.models.diffusion import to_model_range
 
 NOISE_TIMES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

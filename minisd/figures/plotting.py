@@ -10,6 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from minisd.images import make_grid
+from minisd.outputs import make_parent
 
 
 def show_image_grid(ax: Axes, images: torch.Tensor, nrow: int) -> None:
@@ -21,6 +22,6 @@ def show_image_grid(ax: Axes, images: torch.Tensor, nrow: int) -> None:
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
-    """Write ``fig`` as a PNG at ``path``, cropped to its content."""
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    """Write ``fig`` as a PNG at ``path`` (its folder is made now), cropped to its content."""
+    fig.savefig(make_parent(path), dpi=dpi, bbox_inches="tight")
     return path

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minisd import probability as prob
-from minisd.images import check_writable
+from minisd.outputs import check_writable, make_parent
 
 # Experiment sizes: large enough for clean pictures, small enough for a 2-core CPU.
 NUM_PEOPLE = 200_000
@@ -345,7 +345,7 @@ def probability_numbers(seed: int = 0) -> dict[str, float | int]:
 def _save(figure: Figure, path: Path) -> Path:
     """Lay out and write ``figure`` as a PNG at ``path``."""
     figure.tight_layout()
-    figure.savefig(path, dpi=FIGURE_DPI)
+    figure.savefig(make_parent(path), dpi=FIGURE_DPI)
     return path
 
 

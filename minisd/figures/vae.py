@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from minisd.data import ImageDataset
 from minisd.figures.plotting import save_figure, show_image_grid
-from minisd.images import check_writable
 from minisd.models import Autoencoder, Model
 from minisd.models.base import EncoderDecoderModel
+from minisd.outputs import check_writable
+from minisd.train.loop import read_metrics
 
 
 def _codes(model: Model, images: torch.Tensor) -> torch.Tensor:
@@ -60,26 +62,55 @@ def latent_space_figure(model: Model, dataset: ImageDataset, path: Path, count: 
 
 
 def latent_manifold_figure(model: Model, dataset: ImageDataset, path: Path, side: int = 20) -> Path:
-    """Decoded images over a grid of the 2-d latent plane.
+    """Decoded images over a grid of the 2-d latent plane, with axes in the latent coordinates z[0], z[1].
 
     For the VAE the grid sits at evenly spaced quantiles of the N(0, 1) prior (Kingma &
     Welling 2014, fig. 4), so it covers where the prior puts its mass; for the autoencoder,
-    which has no prior, it spans the range of the test codes.
+    which has no prior, it spans the range of the test codes. The axes are those of
+    :func:`latent_space_figure`, so a code of the scatter plot can be found in the grid.
     """
     if isinstance(model, Autoencoder):
         codes = _codes(model, dataset.images[:2000].to(model.device))
         low, high = codes.min(0).values, codes.max(0).values
         axes_values = [torch.linspace(low[i].item(), high[i].item(), side) for i in range(2)]
+        grid_name = "over the range of the test codes"
     else:
         quantiles = torch.linspace(0.05, 0.95, side)
         axes_values = [torch.special.ndtri(quantiles)] * 2
+        grid_name = "at quantiles 0.05 ... 0.95 of the prior, so the axes are not linear"
     z0, z1 = torch.meshgrid(axes_values[0], axes_values[1].flip(0), indexing="xy")
     latents = torch.stack([z0.flatten(), z1.flatten()], dim=1).to(model.device)
     fig = Figure(figsize=(8, 8))
     ax = fig.subplots()
     show_image_grid(ax, torch.sigmoid(model.decode(latents)), side)
-    ax.set_title(f"{model.model_type}: images decoded over the 2-d latent plane")
+    grid_height, grid_width = ax.images[-1].get_array().shape[:2]
+    image_height, image_width = model.image_shape[1:]
+    # Rows run top to bottom, so z[1] grows upwards as in the scatter plot.
+    ax.set_xticks(*_latent_ticks(axes_values[0], _cell_centres(grid_width, side, image_width)))
+    ax.set_yticks(*_latent_ticks(axes_values[1], _cell_centres(grid_height, side, image_height)[::-1]))
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(f"{model.model_type}: images decoded over the 2-d latent plane\n(a {side} × {side} grid {grid_name})")
     return save_figure(fig, path)
+
+
+def _cell_centres(grid_size: int, cells: int, cell_size: int) -> np.ndarray:
+    """Pixel coordinates of the centres of ``cells`` images of ``cell_size`` pixels tiled, with equal
+    padding around each, along ``grid_size`` pixels of an image grid."""
+    padding = (grid_size - cells * cell_size) / (cells + 1)
+    return padding + np.arange(cells) * (cell_size + padding) + (cell_size - 1) / 2
+
+
+def _latent_ticks(values: torch.Tensor, centres: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Ticks at round latent values for cells that decode the increasing ``values`` at pixel ``centres``.
+
+    A cell shows the image of the z at its centre; a tick between two centres is placed by linear
+    interpolation between them.
+    """
+    low, high = values[0].item(), values[-1].item()
+    ticks = [t for t in MaxNLocator(nbins=8).tick_values(low, high) if low <= t <= high]
+    labels = [f"{round(t, 6) + 0:g}".replace("-", "\N{MINUS SIGN}") for t in ticks]  # + 0 turns -0 into 0
+    return np.interp(ticks, values.numpy(), centres), labels  # minus signs as matplotlib's own tick labels have
 
 
 def samples_figure(model: Model, path: Path, count: int = 64, seed: int = 0) -> Path:
@@ -94,7 +125,7 @@ def samples_figure(model: Model, path: Path, count: int = 64, seed: int = 0) -> 
 
 def training_curve_figure(metrics_path: Path, path: Path) -> Path:
     """Training loss and evaluation loss over steps, from a run's ``metrics.jsonl``."""
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
     fig = Figure(figsize=(6.5, 4))

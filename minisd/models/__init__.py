@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minisd.errors import MinisdError
+from minisd.errors import ConfigError
 from minisd.models.autoencoder import Autoencoder
 from minisd.models.base import Model
 from minisd.models.classifier import Classifier
@@ -22,7 +22,7 @@ MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (Autoencoder, V
 def check_model_type(model_type: Any) -> None:
     """Refuse a model type minisd does not register, naming the ones it does."""
     if model_type not in MODELS:
-        raise MinisdError(f"unknown model type {model_type!r}; minisd knows {sorted(MODELS)}")
+        raise ConfigError(f"unknown model type {model_type!r}; minisd knows {sorted(MODELS)}")
 
 
 def build_model(config: dict[str, Any]) -> Model:
@@ -32,8 +32,8 @@ def build_model(config: dict[str, Any]) -> Model:
     check_model_type(model_type)
     try:
         return MODELS[model_type](**config)
-    except (TypeError, ValueError) as err:
-        raise MinisdError(f"cannot build a {model_type} from {config}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: torch refusing a layer size
+        raise ConfigError(f"cannot build a {model_type} from {config}: {err}") from None
 
 
 __all__ = ["MODELS", "check_model_type", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier", "build_model"]

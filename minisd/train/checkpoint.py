@@ -1,28 +1,74 @@
 """Checkpoint folders: ``config.json``, ``model.safetensors``, ``ema.safetensors`` and the training state.
 
-A checkpoint is written into a temporary folder and then renamed into place, so a crash
-never leaves half of one: either the previous checkpoint or the new one is there. Nothing
-is pickled; loading builds only model types that :data:`minisd.models.MODELS` registers.
+Nothing is pickled; loading builds only model types that :data:`minisd.models.MODELS` registers.
+``config.json`` records the sha256 of every other file of the folder, and loading checks it, so a
+weight file changed or damaged after it was written is refused by name instead of giving garbage.
+
+**The save protocol** keeps a complete checkpoint loadable at every instant, whatever sequence of
+crashes interrupts it (``tests/test_checkpoint.py`` crashes a save at every step, twice in a row):
+
+1. write every file into a fresh ``.checkpoint.tmp-*`` folder and flush it to disk;
+2. if ``checkpoint/`` exists (complete: only ever made by step 3's rename), discard any
+   ``.checkpoint.old/`` and rename ``checkpoint/`` to ``.checkpoint.old/``;
+3. rename the new folder to ``checkpoint/``;
+4. discard ``.checkpoint.old/``.
+
+A folder is discarded by first renaming it to ``.checkpoint.trash-*``, so a half-deleted folder never
+sits under a name that is loaded. :func:`find_checkpoint` takes ``checkpoint/`` and falls back to
+``.checkpoint.old/``; at every point above one of them is complete, and ``.old`` is only ever discarded
+while ``checkpoint/`` exists. Leftover tmp and trash folders of killed saves are removed by the next
+save and on resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
-from minisd.errors import MinisdError
+from minisd.errors import CheckpointError, MinisdError
 from minisd.models import Model, build_model
+from minisd.train.config import check_model_section
 from minisd.version import __version__
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT_VERSION = 1
+OLD_DIR = f".{CHECKPOINT_DIR}.old"
+TMP_PREFIX = f".{CHECKPOINT_DIR}.tmp-"
+TRASH_PREFIX = f".{CHECKPOINT_DIR}.trash-"
+FORMAT_VERSION = 2  # 2: config.json holds the sha256 of every other file ("files")
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (a rename is only durable once its folder is flushed)."""
+    flags = os.O_RDONLY
+    if path.is_dir():
+        if not hasattr(os, "O_DIRECTORY"):
+            return  # Windows cannot open folders; NTFS journals renames itself
+        flags |= os.O_DIRECTORY
+    handle = os.open(path, flags)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -58,55 +104,144 @@ def _make_readable(folder: Path) -> None:
         os.chmod(file, 0o666 & ~umask)
 
 
+# --------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------
+
+
+def _discard(folder: Path) -> None:
+    """Remove a folder, first moving it out of every name that is loaded (see the module docstring)."""
+    trash = folder.with_name(f"{TRASH_PREFIX}{uuid.uuid4().hex[:8]}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_stale_folders(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the ``.checkpoint.tmp-*`` and ``.checkpoint.trash-*`` folders that killed saves left; return them."""
+    run_dir = Path(run_dir)
+    stale = sorted([*run_dir.glob(f"{TMP_PREFIX}*"), *run_dir.glob(f"{TRASH_PREFIX}*")])
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 def save_checkpoint(run_dir: str | os.PathLike, *, config: dict[str, Any], model: Model, ema_model: Model,
                     optimizer: torch.optim.Optimizer | None = None, step: int = 0) -> Path:
-    """Write ``run_dir/checkpoint`` atomically and return its path."""
+    """Write ``run_dir/checkpoint`` by the protocol of the module docstring and return its path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.tmp-", dir=run_dir))
+    remove_stale_folders(run_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=run_dir))
     try:
-        full_config = {"format_version": FORMAT_VERSION, "minisd_version": __version__, "step": step, **config,
-                       "model": {"type": model.model_type, **model.hparams}}
-        (tmp / "config.json").write_text(json.dumps(full_config, indent=2) + "\n")
         _save_tensors(model.state_dict(), tmp / "model.safetensors")
         _save_tensors(ema_model.state_dict(), tmp / "ema.safetensors")
         if optimizer is not None:
             tensors, rest = _flatten_optimizer_state(optimizer.state_dict())
             _save_tensors(tensors, tmp / "optimizer.safetensors")
             (tmp / "training_state.json").write_text(json.dumps({"step": step, "optimizer": rest}, indent=2))
+        files = {file.name: _sha256(file.read_bytes()) for file in sorted(tmp.iterdir())}
+        full_config = {"format_version": FORMAT_VERSION, "minisd_version": __version__, "step": step, **config,
+                       "model": {"type": model.model_type, **model.hparams}, "files": files}
+        (tmp / "config.json").write_text(json.dumps(full_config, indent=2) + "\n")  # last: it vouches for the rest
         _make_readable(tmp)
-        final, old = run_dir / CHECKPOINT_DIR, run_dir / f".{CHECKPOINT_DIR}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    final, old = run_dir / CHECKPOINT_DIR, run_dir / OLD_DIR
+    if final.exists():
+        if old.exists():
+            _discard(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync(run_dir)
+    if old.exists():
+        _discard(old)
     return final
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path | None:
     """The checkpoint folder for ``path``: a checkpoint folder itself or a run folder holding one.
 
-    If a crash fell between the two renames of :func:`save_checkpoint`, the previous
-    checkpoint is still there under ``.checkpoint.old`` and is returned.
+    If a crash fell between the renames of :func:`save_checkpoint`, the previous checkpoint is
+    still complete under ``.checkpoint.old`` and is returned.
     """
     path = Path(path)
-    for candidate in (path, path / CHECKPOINT_DIR, path / f".{CHECKPOINT_DIR}.old"):
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+    for candidate in (path, path / CHECKPOINT_DIR, path / OLD_DIR):
+        if (candidate / "config.json").is_file():
             return candidate
     return None
 
 
+def _read_config(folder: Path) -> dict[str, Any]:
+    file = folder / "config.json"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({err}): the checkpoint is damaged") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{file} has no model section (a table with the model's type and settings): "
+                              f"the checkpoint is damaged")
+    return config
+
+
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of the checkpoint at ``path`` (a checkpoint or run folder)."""
     folder = find_checkpoint(path)
     if folder is None:
-        raise MinisdError(f"{path} is not a minisd checkpoint: expected a folder with config.json and "
-                          f"model.safetensors, or a run folder holding '{CHECKPOINT_DIR}/'")
-    return json.loads((folder / "config.json").read_text())
+        raise CheckpointError(f"{path} is not a minisd checkpoint: expected a folder with config.json and "
+                              f"model.safetensors, or a run folder holding '{CHECKPOINT_DIR}/'")
+    return _read_config(folder)
+
+
+def _read_verified(folder: Path, name: str, config: dict[str, Any]) -> bytes:
+    """The bytes of ``folder/name``, checked against the sha256 that ``config.json`` recorded for it.
+
+    Checkpoints written before checksums (format 1) record none, and are read unchecked.
+    """
+    file = folder / name
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{file} cannot be read ({err.strerror or err}): the checkpoint is incomplete") from None
+    expected = config.get("files", {}).get(name)
+    if "files" in config and expected is None:
+        raise CheckpointError(f"{file} is not one of the files config.json vouches for: the checkpoint is damaged")
+    if expected is not None and _sha256(data) != expected:
+        raise CheckpointError(f"{file} was changed or damaged after it was saved: its sha256 does not match the "
+                              f"one in config.json; restore the file from a copy or train again")
+    return data
+
+
+def _read_tensors(folder: Path, name: str, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    data = _read_verified(folder, name, config)
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(f"{folder / name} is not a valid safetensors file ({err})") from None
+
+
+def _load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], file: Path) -> None:
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as err:
+        problems = "; ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise CheckpointError(f"{file} does not fit the model that config.json describes ({problems})") from None
+
+
+def _build(config: dict[str, Any], folder: Path) -> Model:
+    try:
+        check_model_section(config["model"])
+    except MinisdError as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+    return build_model(config["model"])
 
 
 def load(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu") -> Model:
@@ -117,9 +252,9 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: str | torch.devic
     """
     config = read_checkpoint_config(path)
     folder = find_checkpoint(path)
-    model = build_model(config["model"])
-    weights = folder / ("ema.safetensors" if ema else "model.safetensors")
-    model.load_state_dict(load_file(str(weights)))
+    model = _build(config, folder)
+    name = "ema.safetensors" if ema else "model.safetensors"
+    _load_weights(model, _read_tensors(folder, name, config), folder / name)
     return model.to(device).eval()
 
 
@@ -128,13 +263,16 @@ def load_training_state(path: str | os.PathLike, model: Model, ema_model: Model,
     """Restore model, EMA and optimizer from a checkpoint for exact resumption; return the step reached."""
     folder = find_checkpoint(path)
     if folder is None or not (folder / "training_state.json").is_file():
-        raise MinisdError(f"there is no checkpoint with training state to resume in {path}")
-    device = model.device
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-    ema_model.load_state_dict(load_file(str(folder / "ema.safetensors"), device=str(device)))
-    state = json.loads((folder / "training_state.json").read_text())
-    # Loaded on the CPU: load_state_dict moves moments to each parameter's device and keeps
-    # Adam's step counters where torch expects them.
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    optimizer.load_state_dict(_unflatten_optimizer_state(tensors, state["optimizer"]))
+        raise CheckpointError(f"there is no checkpoint with training state to resume in {path}")
+    config = _read_config(folder)
+    for module, name in ((model, "model.safetensors"), (ema_model, "ema.safetensors")):
+        _load_weights(module, _read_tensors(folder, name, config), folder / name)
+    try:
+        state = json.loads(_read_verified(folder, "training_state.json", config))
+        # Loaded on the CPU: load_state_dict moves moments to each parameter's device and keeps
+        # Adam's step counters where torch expects them.
+        optimizer.load_state_dict(_unflatten_optimizer_state(_read_tensors(folder, "optimizer.safetensors", config),
+                                                             state["optimizer"]))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"the training state in {folder} is damaged ({err}); it cannot be resumed") from None
     return state["step"]

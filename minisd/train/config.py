@@ -1,97 +1,258 @@
-"""Training hyper-parameters, and run configs read from TOML presets."""
+"""Run configs and the one schema every setting is checked against.
+
+A run config has three sections: ``model`` (a registered model type and its constructor's keyword
+arguments), ``data`` (:class:`DataConfig`) and ``train`` (:class:`TrainConfig`). It comes from a TOML
+preset or file plus ``--set section.key=value`` overrides, or from a checkpoint's ``config.json``.
+
+:func:`validate_run_config` checks every value against its declared type and range before any data
+is loaded or any file is written, so ``train.steps=1.5``, ``train.lr=nan`` or
+``train.ema_decay=2`` stop with one line that names the setting. The schema is the code itself: the
+fields of the two dataclasses below, with their ranges, and the type hints of each model's constructor.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
+import math
 import sys
-from dataclasses import dataclass
-from importlib import resources
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from minisd.errors import MinisdError
-from minisd.models import check_model_type
+from minisd.configs import list_presets, preset_path
+from minisd.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+SECTIONS = ("model", "data", "train")
+
+# A range a setting must lie in: a test and the words that state it.
+Range = tuple[Callable[[Any], bool], str]
+AT_LEAST_ONE: Range = (lambda v: v >= 1, "at least 1")
+NON_NEGATIVE: Range = (lambda v: v >= 0, "0 or more")
+POSITIVE: Range = (lambda v: v > 0, "greater than 0")
+UNIT_INTERVAL: Range = (lambda v: 0 <= v <= 1, "between 0 and 1")
+DECAY: Range = (lambda v: 0 <= v < 1, "at least 0 and below 1")
+
+
+def _setting(default: Any, must_be: Range | None = None) -> Any:
+    return field(default=default, metadata={"must_be": must_be} if must_be else {})
+
 
 @dataclass
 class TrainConfig:
     """Everything the training loop needs besides the model and the data."""
 
-    steps: int = 1000
-    batch_size: int = 128          # global batch: split evenly over processes under torchrun
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100        # linear warm-up from 0, then cosine decay ...
-    min_lr_ratio: float = 0.1      # ... to lr * min_lr_ratio at the last step
-    grad_clip: float = 100.0       # max global gradient norm; 0 turns clipping off
-    ema_decay: float = 0.999
-    seed: int = 0
-    log_every: int = 50
-    eval_every: int = 1000         # 0: evaluate only at the end
-    checkpoint_every: int = 1000   # 0: checkpoint only at the end
-    eval_batch_size: int = 500
+    steps: int = _setting(1000, AT_LEAST_ONE)
+    batch_size: int = _setting(128, AT_LEAST_ONE)          # global batch: split evenly over processes under torchrun
+    lr: float = _setting(1e-3, POSITIVE)
+    weight_decay: float = _setting(0.0, NON_NEGATIVE)
+    warmup_steps: int = _setting(100, NON_NEGATIVE)         # linear warm-up from 0, then cosine decay ...
+    min_lr_ratio: float = _setting(0.1, UNIT_INTERVAL)      # ... to lr * min_lr_ratio at the last step
+    grad_clip: float = _setting(100.0, NON_NEGATIVE)        # max global gradient norm; 0 turns clipping off
+    ema_decay: float = _setting(0.999, DECAY)
+    seed: int = _setting(0, NON_NEGATIVE)
+    log_every: int = _setting(50, AT_LEAST_ONE)
+    eval_every: int = _setting(1000, NON_NEGATIVE)          # 0: evaluate only at the end
+    checkpoint_every: int = _setting(1000, NON_NEGATIVE)    # 0: checkpoint only at the end
+    eval_batch_size: int = _setting(500, AT_LEAST_ONE)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise MinisdError(f"train.steps and train.batch_size must be positive (got {self.steps}, {self.batch_size})")
-        if self.lr <= 0:
-            raise MinisdError(f"train.lr must be positive, got {self.lr}")
+        check_section("train", dataclasses.asdict(self), TrainConfig)
 
 
-def preset_path(name: str) -> Path:
-    """The TOML file of a preset shipped with minisd (``minisd/configs/NAME.toml``)."""
-    return Path(str(resources.files("minisd") / "configs" / f"{name}.toml"))
+@dataclass
+class DataConfig:
+    """Which dataset a run trains on, and how its pixels are presented."""
+
+    dataset: str = "mnist"      # one of minisd.data.DATASETS
+    binarize: bool = False      # Bernoulli pixels drawn afresh every step (dynamic binarisation)
+
+    def __post_init__(self) -> None:
+        from minisd.data import DATASETS
+
+        check_section("data", dataclasses.asdict(self), DataConfig)
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
 
 
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in Path(str(resources.files("minisd") / "configs")).glob("*.toml"))
+# --------------------------------------------------------------------------------------
+# Checking values against type hints
+# --------------------------------------------------------------------------------------
 
 
-def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str, Any]:
-    """Read a run config (sections ``model``, ``data``, ``train``) and apply ``section.key=value`` overrides.
+def _describe(annotation: Any) -> str:
+    """A type hint in words: ``list[int]`` -> "a list of integers"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else _describe(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
+        annotation, str(annotation))
 
-    ``preset_or_path`` is a preset name (see :func:`list_presets`) or a path to a TOML file.
-    Values in overrides are read as TOML (``train.lr=3e-4``, ``model.hidden=[200, 200]``),
-    falling back to a plain string (``data.dataset=digits``).
-    """
-    path = Path(preset_or_path)
-    if not path.suffix:
-        path = preset_path(preset_or_path)
-    if not path.is_file():
-        raise MinisdError(f"no config {preset_or_path!r}: not a file, and not one of the presets {list_presets()}")
-    try:
-        config = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise MinisdError(f"{path} is not valid TOML: {err}") from None
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or "." not in key:
-            raise MinisdError(f"override {override!r} must look like section.key=value, e.g. train.steps=500")
-        section, name = key.strip().split(".", 1)
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        config.setdefault(section, {})[name] = value
-    for section in ("model", "data", "train"):
-        config.setdefault(section, {})
-    unknown = set(config) - {"model", "data", "train"}
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            return False
+        return all(_matches(v, args[0]) for v in value) if args else True
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def check_value(name: str, value: Any, annotation: Any, must_be: Range | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` has the type of ``annotation`` (and lies in ``must_be``)."""
+    if not _matches(value, annotation):
+        raise ConfigError(f"{name} must be {_describe(annotation)}, got {value!r}")
+    if must_be is not None and not must_be[0](value):
+        raise ConfigError(f"{name} must be {must_be[1]}, got {value!r}")
+
+
+def check_section(section: str, values: dict[str, Any], schema: type) -> None:
+    """Check a config section against a dataclass: no unknown keys, every value of its field's type and range."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    unknown = set(values) - set(fields)
     if unknown:
-        raise MinisdError(f"unknown config sections {sorted(unknown)}; use model, data and train")
-    check_model_type(config["model"].get("type"))  # fail before any data is loaded or downloaded
+        raise ConfigError(f"unknown {section} settings {sorted(unknown)}; valid ones are {sorted(fields)}")
+    hints = typing.get_type_hints(schema)
+    for key, value in values.items():
+        check_value(f"{section}.{key}", value, hints[key], fields[key].metadata.get("must_be"))
+
+
+def constructor_settings(cls: type) -> dict[str, Any]:
+    """The keyword arguments a model class takes, with their type hints: its ``__init__``'s, and where that
+    passes ``**kwargs`` on, those of the class ``super().__init__`` reaches (up to :class:`Model`)."""
+    from minisd.models import Model
+
+    settings: dict[str, Any] = {}
+    for owner in cls.__mro__:
+        if owner is Model or "__init__" not in vars(owner):
+            continue
+        hints = typing.get_type_hints(owner.__init__)
+        parameters = list(inspect.signature(owner.__init__).parameters.values())[1:]  # without self
+        settings.update({p.name: hints.get(p.name, Any) for p in parameters if p.kind is not p.VAR_KEYWORD})
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return settings
+
+
+def check_model_section(model: dict[str, Any]) -> None:
+    """The model section: a registered type, and only its constructor's arguments, each of the hinted type."""
+    from minisd.models import MODELS, check_model_type
+
+    check_model_type(model.get("type"))
+    accepted = constructor_settings(MODELS[model["type"]])
+    settings = {k: v for k, v in model.items() if k != "type"}
+    unknown = set(settings) - set(accepted)
+    if unknown:
+        raise ConfigError(f"unknown model settings {sorted(unknown)} for a {model['type']}; "
+                          f"valid ones are {sorted(accepted)}")
+    for key, value in settings.items():
+        check_value(f"model.{key}", value, accepted[key])
+
+
+def validate_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check a whole run config against the schema (see the module docstring) and return it."""
+    unknown = set(config) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config sections {sorted(unknown)}; use model, data and train")
+    for section in SECTIONS:
+        if not isinstance(config.get(section, {}), dict):
+            raise ConfigError(f"[{section}] must be a table of settings, got {config[section]!r}")
+        config.setdefault(section, {})
+    check_model_section(config["model"])  # before any data is loaded or downloaded
+    data_config(config)
     train_config(config)
     return config
 
 
 def train_config(run_config: dict[str, Any]) -> TrainConfig:
-    """The ``train`` section as a :class:`TrainConfig`; unknown keys are a clear error."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(run_config["train"]) - fields
-    if unknown:
-        raise MinisdError(f"unknown train settings {sorted(unknown)}; valid ones are {sorted(fields)}")
+    """The ``train`` section as a :class:`TrainConfig`, checked against the schema."""
+    check_section("train", run_config["train"], TrainConfig)
     return TrainConfig(**run_config["train"])
+
+
+def data_config(run_config: dict[str, Any]) -> DataConfig:
+    """The ``data`` section as a :class:`DataConfig`, checked against the schema."""
+    check_section("data", run_config["data"], DataConfig)
+    return DataConfig(**run_config["data"])
+
+
+# --------------------------------------------------------------------------------------
+# Reading configs
+# --------------------------------------------------------------------------------------
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides in place; values are read as TOML (``train.lr=3e-4``,
+    ``model.hidden=[200, 200]``), falling back to a plain string (``data.dataset=digits``)."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {override!r} must look like section.key=value, e.g. train.steps=500")
+        section, name = key.strip().split(".", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if not isinstance(config.setdefault(section, {}), dict):
+            raise ConfigError(f"override {override!r}: [{section}] is not a table of settings")
+        config[section][name] = value
+    return config
+
+
+def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """Read a run config (a preset name, see :func:`list_presets`, or a TOML file), apply ``overrides``
+    (see :func:`apply_overrides`) and validate it."""
+    path = Path(preset_or_path)
+    if not path.suffix:
+        path = preset_path(preset_or_path)
+    if not path.is_file():
+        raise ConfigError(f"no config {preset_or_path!r}: not a file, and not one of the presets {list_presets()}")
+    try:
+        config = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    return validate_run_config(apply_overrides(config, overrides))
+
+
+def differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """The settings ``requested`` gives another value than ``saved`` has, as ``"section.key: saved -> requested"``.
+
+    Only the keys ``requested`` names are compared: a setting it leaves out keeps the saved value.
+    Values are compared as JSON stores them (tuples are lists).
+    """
+    def normal(value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
+    changed = []
+    for section in SECTIONS:
+        for key, value in requested.get(section, {}).items():
+            before = saved.get(section, {}).get(key, "(not set)")
+            if normal(value) != normal(before):
+                changed.append(f"{section}.{key}: {before!r} -> {value!r}")
+    return changed

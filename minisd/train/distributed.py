@@ -21,13 +21,23 @@ def setup(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), world_size
 
 
+def is_initialized() -> bool:
+    """Whether this process is in a process group (joined by :func:`setup` or by the caller)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main_process() -> bool:
+    """Rank 0, the process that writes files and prints summaries (every process of a plain run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     """Average a dict of floats over all processes (identity when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return values
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
@@ -38,10 +48,11 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group, so that torch does not warn at exit about a group never destroyed."""
+    if is_initialized():
         dist.destroy_process_group()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,23 +26,16 @@ from tqdm.auto import tqdm
 from minisd.data import ImageDataset, binarize, binarized_once
 from minisd.errors import MinisdError
 from minisd.models import Model
+from minisd.runtime import resolve_device
 from minisd.train import distributed
-from minisd.train.checkpoint import find_checkpoint, load_training_state, save_checkpoint
+from minisd.train.checkpoint import (find_checkpoint, load_training_state, read_checkpoint_config,
+                                     remove_stale_folders, save_checkpoint)
 from minisd.train.config import TrainConfig
 from minisd.train.optim import EMA, learning_rate
 
 
 class TrainingDiverged(MinisdError):
     """The loss or the gradient became NaN or infinite."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA when it is available, else the CPU; any torch device string is accepted."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MinisdError(f"--device {device} was asked for, but this machine has no CUDA GPU; use --device cpu")
-    return torch.device(device)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -94,11 +89,32 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``, skipping a partial line (of a run killed while writing it)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def _drop_records_after(path: Path, step: int) -> None:
-    """On resume, forget the log lines a crashed run wrote after its last checkpoint."""
+    """On resume, forget the log lines a crashed run wrote after its last checkpoint, and a partial last line."""
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = [record for record in read_metrics(path) if record.get("step", 0) <= step]
+        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+
+def _warn_if_threads_differ(run_dir: Path) -> None:
+    saved = read_checkpoint_config(run_dir).get("threads")
+    if saved is not None and saved != torch.get_num_threads():
+        print(f"minisd: note: this run was trained with {saved} CPU thread(s) and resumes with "
+              f"{torch.get_num_threads()}: it will not end bit-identical to an uninterrupted run "
+              f"(pass --threads {saved} for that)", file=sys.stderr)
 
 
 def train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: str | os.PathLike, *,
@@ -122,27 +138,52 @@ def train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: s
     device = resolve_device(device)
     if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", distributed.local_rank())
+    joined_group = not distributed.is_initialized()
     rank, world_size = distributed.setup(device)
-    is_main = rank == 0
     run_dir = Path(run_dir)
+    created_run_dir = not run_dir.exists()
+    try:
+        return _train(model, train_set, config, run_dir, rank=rank, world_size=world_size, device=device,
+                      run_config=run_config, eval_set=eval_set, binarize_data=binarize_data, resume=resume,
+                      progress=progress)
+    except BaseException:
+        # A run that fails before its first checkpoint leaves nothing behind (its log would block the
+        # same command run again); one with a checkpoint keeps everything, to be resumed.
+        if rank == 0 and not resume and find_checkpoint(run_dir) is None:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            if created_run_dir:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if joined_group:
+            distributed.teardown()
+
+
+def _train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: Path, *, rank: int, world_size: int,
+           device: torch.device, run_config: dict[str, Any] | None, eval_set: ImageDataset | None,
+           binarize_data: bool, resume: bool, progress: bool) -> dict[str, Any]:
+    is_main = rank == 0
     metrics_path = run_dir / "metrics.jsonl"
     model = model.to(device)
     ema = EMA(model, config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    checkpoint_config = {**(run_config or {}), "train": asdict(config)}
+    # The thread count is recorded because float sums, and so a resumed run's last bits, depend on it.
+    checkpoint_config = {**(run_config or {}), "train": asdict(config), "threads": torch.get_num_threads()}
     checkpoint_config.pop("model", None)
+    batches = _Batches(train_set, config.batch_size, config.seed, rank, world_size)
 
     start_step = 0
     if resume:
         start_step = load_training_state(run_dir, model, ema.model, optimizer)
         if is_main:
+            remove_stale_folders(run_dir)
             _drop_records_after(metrics_path, start_step)
+            _warn_if_threads_differ(run_dir)
     elif is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
     trained = DistributedDataParallel(model) if world_size > 1 else model
 
-    batches = _Batches(train_set, config.batch_size, config.seed, rank, world_size)
     if eval_set is not None and binarize_data:
         eval_set = binarized_once(eval_set)
 

@@ -5,32 +5,47 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from minisd.data import load_dataset
-from minisd.errors import MinisdError
+from minisd.errors import ConfigError
 from minisd.models import build_model
-from minisd.train.checkpoint import find_checkpoint
-from minisd.train.config import train_config
+from minisd.outputs import check_output_dir
+from minisd.train import distributed
+from minisd.train.checkpoint import find_checkpoint, read_checkpoint_config
+from minisd.train.config import SECTIONS, data_config, differences, train_config, validate_run_config
 from minisd.train.loop import train
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over an earlier run unless asked: ``resume`` continues it, ``overwrite`` replaces it."""
-    if resume and overwrite:
-        raise MinisdError("--resume continues a run and --overwrite replaces it: pass one of them")
-    has_run = run_dir.exists() and any(run_dir.iterdir())
-    if resume:
-        if find_checkpoint(run_dir) is None:
-            raise MinisdError(f"nothing to resume in {run_dir}: it holds no checkpoint")
-    elif has_run:
-        if not overwrite:
-            raise MinisdError(f"{run_dir} already holds a run; pass --resume to continue it, "
-                              f"--overwrite to replace it, or choose another --out")
-        shutil.rmtree(run_dir)
+def resume_config(run_dir: str | os.PathLike, requested: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run config to resume ``run_dir`` with: the one its checkpoint saved.
+
+    ``requested`` is what the command line asked for (a whole config, or only some settings). Resuming
+    continues the saved run, so a request that changes any setting is refused, naming each change;
+    the one exception is ``train.steps``, which may grow to train longer.
+    """
+    run_dir = Path(run_dir)
+    if find_checkpoint(run_dir) is None:
+        raise ConfigError(f"nothing to resume in {run_dir}: it holds no checkpoint")
+    saved = read_checkpoint_config(run_dir)
+    config = {section: dict(saved.get(section, {})) for section in SECTIONS}
+    requested = requested or {}
+    changed = [change for change in differences(config, requested) if not change.startswith("train.steps:")]
+    if changed:
+        raise ConfigError(f"--resume continues the run saved in {run_dir}, but this command changes "
+                          f"{'; '.join(changed)}. Leave those settings out to continue the run as it was saved "
+                          f"(only train.steps may change, to train longer), or start a new run with another --out")
+    steps = requested.get("train", {}).get("steps", config["train"].get("steps"))
+    config["train"]["steps"] = steps
+    validate_run_config(config)
+    if steps <= saved["step"]:
+        raise ConfigError(f"the run in {run_dir} has already trained {saved['step']} steps of train.steps = "
+                          f"{steps}; to train longer, pass --set train.steps=N with N above {saved['step']}")
+    return config
 
 
 def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *, data_dir: str | None = None,
@@ -40,21 +55,35 @@ def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *,
 
     ``data.dataset`` is ``mnist``, ``fashion-mnist`` or ``digits``; ``data.binarize`` turns on
     dynamic binarisation. The model's ``image_shape`` is taken from the data.
+
+    ``resume=True`` continues the run saved in ``run_dir`` (see :func:`resume_config`; ``run_config``
+    may then hold only the settings asked for). ``overwrite=True`` replaces a run already there, but
+    only once the data and the model are ready: a command that fails earlier changes nothing.
     """
     run_dir = Path(run_dir)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if resume:
+        run_config = resume_config(run_dir, run_config)
+    else:
+        validate_run_config(run_config)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is a file; the run folder must be a folder")
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                              f"--overwrite to replace it, or choose another --out")
+        check_output_dir(run_dir, "run folder")
     config = train_config(run_config)
-    data = {"dataset": "mnist", "binarize": False, **run_config["data"]}
-    unknown = set(data) - {"dataset", "binarize"}
-    if unknown:
-        raise MinisdError(f"unknown data settings {sorted(unknown)}; valid ones are ['binarize', 'dataset']")
+    data = asdict(data_config(run_config))
     train_set = load_dataset(data["dataset"], "train", data_dir=data_dir)
     test_set = load_dataset(data["dataset"], "test", data_dir=data_dir)
     model_config = {**run_config["model"], "image_shape": list(train_set.image_shape)}
     torch.manual_seed(config.seed)  # the same config starts from the same initial weights
     model = build_model(model_config)
+
+    is_main = distributed.is_main_process()
+    if overwrite and is_main and run_dir.is_dir():
+        shutil.rmtree(run_dir)
     result = train(model, train_set, config, run_dir, run_config={"data": data}, eval_set=test_set,
                    binarize_data=data["binarize"], resume=resume, device=device, progress=progress)
     if is_main:
