@@ -8,7 +8,9 @@ maximises the evidence lower bound (Luo 2022 eq. 19)
 
 whose first term, for Bernoulli pixels, is minus the binary cross-entropy summed over pixels.
 With ``latent_dim=2, hidden=[256]`` this is the classic MNIST VAE of the learning path
-(784 -> 256 relu -> 2-d mean and log-variance; 2 -> 256 relu -> 784 sigmoid).
+(784 -> 256 relu -> 2-d mean and log-variance; 2 -> 256 relu -> 784 sigmoid). That path's Keras
+code averages the KL over the latent dimensions instead of summing it: ``kl_reduction="mean"``
+trains on its objective, for comparison (docs/02-autoencoder-vae.md, section 2.6).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from minisd.models.base import EncoderDecoderModel, LatentVariableModel
 from minisd.probability import gaussian_log_density, kl_normal, sample_normal
@@ -28,6 +29,17 @@ class VAE(EncoderDecoderModel, LatentVariableModel):
     model_type = "vae"
     can_sample = True
     outputs_per_latent = 2  # a mean and a log-variance per latent: one head of 2 * latent_dim outputs
+    kl_reductions = ("sum", "mean")
+
+    def __init__(self, kl_reduction: str = "sum", **network: Any):
+        """The networks of :class:`EncoderDecoderModel` (``network``: its arguments); ``kl_reduction`` picks
+        the training objective (see :meth:`loss`): ``"sum"``, the ELBO, or ``"mean"``, the Keras example's
+        re-weighted loss."""
+        if kl_reduction not in self.kl_reductions:
+            raise ValueError(f"kl_reduction must be one of {list(self.kl_reductions)}, not {kl_reduction!r}")
+        super().__init__(**network)
+        self.hparams["kl_reduction"] = kl_reduction  # recorded with the network's, so a checkpoint keeps its objective
+        self.kl_reduction = kl_reduction
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` in [0, 1] -> mean and log-variance of q(z|x), each ``(B, latent_dim)``."""
@@ -50,9 +62,26 @@ class VAE(EncoderDecoderModel, LatentVariableModel):
         return reconstruction - prior_kl, reconstruction, prior_kl
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective, averaged over the batch, and the logs of the true ELBO and its terms.
+
+        ``kl_reduction="sum"``: -ELBO = -E_q[log p(x|z)] + KL(q(z|x) || p(z)) (Luo 2022 eq. 19), where the
+        KL of the diagonal Gaussian q is the sum of the KLs of its independent latent dimensions.
+
+        ``kl_reduction="mean"``: -E_q[log p(x|z)] + KL / latent_dim, the loss of the Keras VAE example,
+        whose ``reduce_mean(..., axis=-1)`` averages the KL over the latent dimensions. That is a
+        beta-VAE with beta = 1 / latent_dim (1/2 for the 2-d path VAE), not the ELBO: with beta < 1 it
+        is the ELBO plus (1 - beta) KL, which can exceed log p(x), so it bounds nothing. A nat of KL costs
+        less, so the encoder spends more: on MNIST the 2-d VAE's KL grows by 1.3 nats, its codes spread
+        beyond the prior, and its ELBO falls (docs/02-autoencoder-vae.md, section 2.6).
+
+        The logged ``elbo``, ``reconstruction`` (-E_q[log p(x|z)]) and ``kl`` are the unweighted terms
+        under either objective, as are :meth:`log_importance_weights` and ``nll``, so that models
+        trained on the two objectives are scored on one scale.
+        """
         elbo, reconstruction, prior_kl = self.elbo(batch["image"])
-        loss = -elbo.mean()
-        return loss, {"loss": loss.item(), "elbo": -loss.item(),
+        kl_term = prior_kl if self.kl_reduction == "sum" else prior_kl / self.latent_dim
+        loss = -(reconstruction - kl_term).mean()
+        return loss, {"loss": loss.item(), "elbo": elbo.mean().item(),
                       "reconstruction": -reconstruction.mean().item(), "kl": prior_kl.mean().item()}
 
     def log_importance_weights(self, images: torch.Tensor, num_samples: int) -> torch.Tensor:
