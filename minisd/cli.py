@@ -55,14 +55,21 @@ def _spacing_names() -> tuple[str, ...]:
     return SPACINGS
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _whole_number(low: int, high: int, words: str):
+    """An argparse type: a whole number from ``low`` to ``high``, described as ``words`` when it is not."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _whole_number(1, sys.maxsize, "a positive integer")
+_seed = _whole_number(0, 2**63 - 1, "from 0 to 2**63 - 1")
 
 
 def _non_negative_number(text: str) -> float:
@@ -159,11 +166,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(save_image_grid(images, out, overwrite=args.overwrite))
 
 
-def _evaluation_set(config: dict, split: str, data_dir: str | None):
+def _dataset_name(config: dict, checkpoint: str) -> str:
+    """The dataset a checkpoint was trained on, as its ``config.json`` names it."""
+    dataset = config.get("data", {}).get("dataset")
+    if not isinstance(dataset, str):
+        raise MinisdError(f"the config.json of {checkpoint} names no dataset (data.dataset), so minisd cannot "
+                          f"tell which test images belong to it")
+    return dataset
+
+
+def _evaluation_set(config: dict, split: str, args: argparse.Namespace):
     """The evaluation images exactly as training evaluated them (binarised once, with seed 0, if the run binarised)."""
     from minisd.data import binarized_once, load_dataset
 
-    dataset = load_dataset(config["data"]["dataset"], split, data_dir=data_dir)
+    dataset = load_dataset(_dataset_name(config, args.checkpoint), split, data_dir=args.data_dir)
     return binarized_once(dataset) if config["data"].get("binarize") else dataset
 
 
@@ -214,15 +230,8 @@ def _report_fid(model, config: dict, args, results: dict) -> None:
     from minisd.data import load_dataset
     from minisd.eval import class_balance, fid
     from minisd.sampling import draw_samples
-    from minisd.train.checkpoint import read_checkpoint_config
 
-    dataset = config["data"]["dataset"]
-    classifier_dataset = read_checkpoint_config(args.fid_classifier)["data"]["dataset"]
-    if classifier_dataset != dataset:
-        raise MinisdError(f"the classifier was trained on {classifier_dataset}, the model on {dataset}: "
-                          f"FID needs a classifier of the model's dataset")
-    if not model.can_sample:
-        raise MinisdError(f"a {model.model_type} cannot sample, so it has no FID")
+    dataset = _dataset_name(config, args.checkpoint)
     sampler_args = _sampler_args(args, model)
     classifier = minisd.load(args.fid_classifier, device=model.device)
     test_set = load_dataset(dataset, "test", data_dir=args.data_dir)
@@ -247,32 +256,54 @@ def _report_fid(model, config: dict, args, results: dict) -> None:
           f"total variation from the test labels {results['classes_tv_from_test']:.3f}")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def _check_eval_request(config: dict, args: argparse.Namespace) -> None:
+    """Everything ``minisd eval`` can check before it loads the model and starts the long work."""
     from minisd.models import MODELS
     from minisd.models.base import LatentVariableModel
-    from minisd.outputs import check_writable, make_parent
+    from minisd.outputs import check_writable
     from minisd.train.checkpoint import read_checkpoint_config
 
-    config = read_checkpoint_config(args.checkpoint)
     if not args.fid_classifier and any(v is not None for v in (args.sampler, args.steps, args.spacing, args.eta)):
         raise MinisdError("--sampler, --steps, --spacing and --eta choose how the FID samples are drawn: "
                           "pass --fid-classifier too")
     if args.json:
         check_writable(args.json, args.overwrite, what="JSON file")
-    if args.fid_classifier:
-        read_checkpoint_config(args.fid_classifier)  # a wrong path fails now, not after the likelihood
     model_class = MODELS.get(config["model"].get("type"))
     if args.bound_steps is not None and model_class is not None and issubclass(model_class, LatentVariableModel):
         raise MinisdError(f"--bound-steps is the number of steps of a diffusion model's bound; "
                           f"a {config['model']['type']} has none")
+    if args.fid_classifier:
+        from minisd.data import load_dataset
+
+        if model_class is not None and not model_class.can_sample:
+            raise MinisdError(f"a {config['model']['type']} cannot sample, so it has no FID")
+        dataset = _dataset_name(config, args.checkpoint)
+        classifier_dataset = _dataset_name(read_checkpoint_config(args.fid_classifier), args.fid_classifier)
+        if classifier_dataset != dataset:
+            raise MinisdError(f"the classifier was trained on {classifier_dataset}, the model on {dataset}: "
+                              f"FID needs a classifier of the model's dataset")
+        test_images = len(load_dataset(dataset, "test", data_dir=args.data_dir))
+        if args.fid_samples > test_images:
+            raise MinisdError(f"--fid-samples {args.fid_samples}: FID compares as many samples as test images, and "
+                              f"the {dataset} test split has {test_images}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from minisd.models.base import LatentVariableModel
+    from minisd.outputs import make_parent
+    from minisd.train.checkpoint import read_checkpoint_config
+
+    config = read_checkpoint_config(args.checkpoint)
+    _check_eval_request(config, args)
     start = time.perf_counter()
     model = _load(args)
-    results = {"checkpoint": str(args.checkpoint), "dataset": config["data"]["dataset"], "split": args.split,
-               "binarized": bool(config["data"].get("binarize")), "step": config["step"]}
+    results = {"checkpoint": str(args.checkpoint), "dataset": config.get("data", {}).get("dataset"),
+               "split": args.split, "binarized": bool(config.get("data", {}).get("binarize")),
+               "step": config.get("step")}
     if not (hasattr(model, "nll") or args.fid_classifier):
         raise MinisdError(f"a {model.model_type} has no likelihood; for FID pass --fid-classifier")
     if hasattr(model, "nll") and not args.skip_likelihood:
-        images = _evaluation_set(config, args.split, args.data_dir).images[:args.limit]
+        images = _evaluation_set(config, args.split, args).images[:args.limit]
         report = _report_latent_likelihood if isinstance(model, LatentVariableModel) else _report_diffusion_bound
         report(model, images, args, results)
     if args.fid_classifier:
@@ -306,7 +337,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         from minisd.data import load_dataset
         from minisd.figures.diffusion import make_diffusion_figures
 
-        dataset = config["data"]["dataset"] if config else "mnist"
+        dataset = config.get("data", {}).get("dataset", "mnist") if config else "mnist"
         try:
             image = load_dataset(dataset, "test", data_dir=args.data_dir).images[0]
         except MinisdError:
@@ -320,7 +351,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
             raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")
         from minisd.figures.vae import make_vae_figures
 
-        dataset = _evaluation_set(config, "test", args.data_dir)
+        dataset = _evaluation_set(config, "test", args)
         out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "figures"
         paths = make_vae_figures(_load(args), dataset, out, metrics_path=_run_dir(args.checkpoint) / "metrics.jsonl",
                                  seed=args.seed, overwrite=args.overwrite)
@@ -373,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("checkpoint", help="checkpoint folder, or the run folder holding it")
         sub.add_argument("--raw-weights", action="store_true", help="use the last step's weights instead of the EMA")
-        sub.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same result")
+        sub.add_argument("--seed", type=_seed, default=0, help="random seed: the same seed gives the same result")
         sub.add_argument("--overwrite", action="store_true", help="replace existing output files")
         sub.add_argument("--no-progress", action="store_true", help="hide the progress bars")
         return sub
@@ -409,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("checkpoint", nargs="?", help="trained model (vae / autoencoder: required; "
                                                        "diffusion: adds the trajectory and sampler figures)")
     figures.add_argument("--out", help="folder for the PNG files")
-    figures.add_argument("--seed", type=int, default=0, help="random seed of the figures' noise and samples")
+    figures.add_argument("--seed", type=_seed, default=0, help="random seed of the figures' noise and samples")
     figures.add_argument("--raw-weights", action="store_true", help="use the last step's weights instead of the EMA")
     figures.add_argument("--overwrite", action="store_true", help="replace existing figures")
     _add_common(figures)

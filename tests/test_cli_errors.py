@@ -144,6 +144,23 @@ def test_damaged_config_json_is_one_line(trained, tmp_path, config_text, expecte
     assert_one_line_error(["eval", str(run), "--no-progress"], tmp_path, expected)
 
 
+@pytest.mark.parametrize("damage, expected", [
+    (lambda config: config.pop("data"), "names no dataset"),
+    (lambda config: config.update(data="mnist"), "data entry is not a table"),
+    (lambda config: config.update(step="twenty"), "step is not a whole number"),
+    (lambda config: config.update(files=["ema.safetensors"]), "files entry is not a table"),
+    (lambda config: config["model"].update(type="os.system"), "unknown model type 'os.system'"),
+    (lambda config: config["model"].update(hidden="wide"), "model.hidden must be a list of integers"),
+], ids=["no-data", "data-not-a-table", "step", "files", "unregistered-type", "hidden-type"])
+def test_config_json_with_a_wrong_entry_is_one_line(trained, tmp_path, damage, expected):
+    run = _copy(trained, "vae", tmp_path)
+    config_path = run / "checkpoint" / "config.json"
+    config = json.loads(config_path.read_text())
+    damage(config)
+    config_path.write_text(json.dumps(config))
+    assert_one_line_error(["eval", str(run), "--no-progress"], tmp_path, expected)
+
+
 def test_config_whose_layer_sizes_do_not_match_the_weights_is_one_line(trained, tmp_path):
     run = _copy(trained, "vae", tmp_path)
     config_path = run / "checkpoint" / "config.json"
@@ -239,6 +256,29 @@ def test_unknown_device_is_one_line(trained, tmp_path):
 def test_bad_sampler_arguments_are_one_line(trained, tmp_path, sampler_args, expected):
     run = _copy(trained, "diffusion", tmp_path)
     assert_one_line_error(["sample", str(run), *sampler_args, "--out", str(tmp_path / "s.png")], tmp_path, expected)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sample", "{vae}", "--seed", "99999999999999999999999"], "--seed: must be from 0 to 2**63 - 1"),
+    (["sample", "{vae}", "--seed", "-1"], "--seed: must be from 0"),
+    (["eval", "{vae}", "--fid-classifier", "{vae}", "--fid-samples", "5000", "--skip-likelihood"],
+     "the digits test split has 297"),
+    (["eval", "{vae}", "--fid-classifier", "{tmp}/no-classifier"], "is not a minisd checkpoint"),
+    (["eval", "{vae}", "--bound-steps", "10"], "a vae has none"),
+    (["sample", "{vae}", "--steps", "5"], "are for diffusion models"),
+    (["train", "--config", "vae2d", "--data-dir", "{tmp}/a-file", "--out", "{tmp}/run"], "is a file, not a folder"),
+    (["train", "--config", "{tmp}/a-file", "--out", "{tmp}/run"], "not valid TOML"),
+    (["train", "--config", "vae2d", "--set", "model.kl_reduction=max", "--set", "data.dataset=digits",
+      "--out", "{tmp}/run"], "kl_reduction must be one of"),
+    (["train", "--out", "{tmp}/run"], "--config is needed"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["train", "--config", "vae2d", "--resume", "--overwrite", "--out", "{vae}"], "pass one of them"),
+])
+def test_more_bad_arguments_are_one_line(trained, tmp_path, argv, expected):
+    run = _copy(trained, "vae", tmp_path)
+    (tmp_path / "a-file").write_bytes(b"\x00\xff not a folder, not TOML")
+    argv = [arg.format(vae=run, tmp=tmp_path) for arg in argv]
+    assert_one_line_error(argv, tmp_path, expected)
 
 
 def test_figures_of_another_chapter_are_one_line(trained, tmp_path):

@@ -327,7 +327,8 @@ def load_idx_split(
     root = resolve_data_dir(data_dir)
     if not root.is_dir() and (data_dir is not None or os.environ.get(DATA_DIR_ENV_VAR)):
         given = "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV_VAR}"
-        raise DataError(f"the data folder {root} (from {given}) does not exist: fix the path, create the folder "
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"the data folder {root} (from {given}) {what}: fix the path, create the folder "
                         f"to download into it, or leave {given} unset to use the download cache")
     images_file, labels_file = split_files(dataset, split)
     images_path = ensure_file(images_file, root, download)

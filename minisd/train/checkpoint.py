@@ -189,6 +189,12 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{file} has no model section (a table with the model's type and settings): "
                               f"the checkpoint is damaged")
+    shape_problem = ("its data entry is not a table" if not isinstance(config.get("data", {}), dict) else
+                     "its step is not a whole number" if not isinstance(config.get("step", 0), int) else
+                     "its files entry is not a table of checksums" if not isinstance(config.get("files", {}), dict)
+                     else None)
+    if shape_problem:
+        raise CheckpointError(f"{file}: {shape_problem}; the checkpoint is damaged")
     return config
 
 

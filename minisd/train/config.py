@@ -229,7 +229,7 @@ def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str,
     """Read a run config (a preset name, see :func:`list_presets`, or a TOML file), apply ``overrides``
     (see :func:`apply_overrides`) and validate it."""
     path = Path(preset_or_path)
-    if not path.suffix:
+    if not path.is_file() and not path.suffix:
         path = preset_path(preset_or_path)
     if not path.is_file():
         raise ConfigError(f"no config {preset_or_path!r}: not a file, and not one of the presets {list_presets()}")

@@ -168,7 +168,8 @@ def _train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: 
     ema = EMA(model, config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # The thread count is recorded because float sums, and so a resumed run's last bits, depend on it.
-    checkpoint_config = {**(run_config or {}), "train": asdict(config), "threads": torch.get_num_threads()}
+    checkpoint_config = {"data": {"dataset": train_set.name, "binarize": binarize_data}, **(run_config or {}),
+                         "train": asdict(config), "threads": torch.get_num_threads()}
     checkpoint_config.pop("model", None)
     batches = _Batches(train_set, config.batch_size, config.seed, rank, world_size)
 

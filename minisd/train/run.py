@@ -15,6 +15,7 @@ from minisd.data import load_dataset
 from minisd.errors import ConfigError
 from minisd.models import build_model
 from minisd.outputs import check_output_dir
+from minisd.runtime import resolve_device
 from minisd.train import distributed
 from minisd.train.checkpoint import find_checkpoint, read_checkpoint_config
 from minisd.train.config import SECTIONS, data_config, differences, train_config, validate_run_config
@@ -63,6 +64,7 @@ def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *,
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    resolve_device(device)  # an unknown device fails now, not after the data is loaded
     if resume:
         run_config = resume_config(run_dir, run_config)
     else:
