@@ -417,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=cmd_sample)
 
     evaluate = checkpoint_command("eval", "ELBO and importance-weighted log-likelihood on a data split")
-    evaluate.add_argument("--split", choices=["train", "test"], default="test")
+    evaluate.add_argument("--split", choices=["train", "test"], default="test", help="which images to score "
+                                                                                   "(default: test)")
     evaluate.add_argument("--num-samples", "-k", type=_positive_int,
                           help="VAEs: importance samples K for the IWAE bound (default 1000; 1: ELBO only); "
                                "diffusion: bound estimates averaged per image (default 1)")
@@ -428,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fid-samples", type=_positive_int, default=1000, help="samples for FID")
     evaluate.add_argument("--skip-likelihood", action="store_true", help="report FID only")
     _add_sampler_options(evaluate, purpose="for the FID samples ")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=100)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=100,
+                          help="images per likelihood batch (default 100)")
     evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
     _add_common(evaluate)
