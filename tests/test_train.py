@@ -100,6 +100,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
                           "-m", "minisd", "train", *settings, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
+    assert two.stdout.count("trained 12 steps") == 1, "the summary is printed by rank 0 only"
 
     single, double = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in single:
