@@ -208,13 +208,14 @@ def test_download_failure_from_every_mirror_is_one_clear_error(tmp_path, monkeyp
 
 
 @needs_real_files
-def test_download_from_mirror_verifies_and_places_file(tmp_path, monkeypatch):
+def test_download_from_mirror_verifies_and_places_file_with_a_progress_bar(tmp_path, monkeypatch, capsys):
     mirror_dir = tmp_path / "mirror"
     mirror_dir.mkdir()
     shutil.copyfile(real_path(MNIST_TEST_LABELS), mirror_dir / MNIST_TEST_LABELS.filename)
     monkeypatch.setitem(idx.MIRRORS, "mnist", [mirror_dir.as_uri() + "/"])
     data_dir = tmp_path / "data"
     placed = idx.ensure_file(MNIST_TEST_LABELS, data_dir, download=True)
+    assert "/4.44k [" in capsys.readouterr().err  # a progress bar over the file's 4,542 bytes
     assert placed == data_dir / "mnist" / MNIST_TEST_LABELS.filename
     assert placed.read_bytes() == real_path(MNIST_TEST_LABELS).read_bytes()
     assert [p.name for p in placed.parent.iterdir()] == [MNIST_TEST_LABELS.filename]

@@ -32,6 +32,15 @@ def test_every_sampler_runs_from_the_command_line_and_repeats_with_the_seed(diff
     assert Image.open(paths[0]).tobytes() == Image.open(paths[1]).tobytes()
 
 
+def test_sampling_shows_its_progress_over_every_batch_unless_asked_not_to(diffusion_run, tmp_path, capsys):
+    argv = ["sample", str(diffusion_run), "--steps", "3", "--n", "300"]
+    assert main([*argv, "--out", str(tmp_path / "a.png")]) == 0
+    err = capsys.readouterr().err
+    assert "sampling 300 images (dpmpp_2m_sde, 3 steps)" in err and "/6 [" in err  # 2 batches of 3 steps
+    assert main([*argv, "--out", str(tmp_path / "b.png"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("vae") / "run"

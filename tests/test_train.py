@@ -189,3 +189,22 @@ def test_every_preset_builds_its_model_and_training_config(preset):
     model = minisd.models.build_model({**config["model"], "image_shape": [1, 28, 28]})
     assert sum(p.numel() for p in model.parameters()) > 0
     TrainConfig(**config["train"])
+
+
+def test_threads_come_from_the_option_then_the_environment_then_the_cores(monkeypatch):
+    from minisd.runtime import available_cores, configure_threads
+
+    for variable in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(variable, raising=False)
+    assert configure_threads() == available_cores() == torch.get_num_threads()
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"  # idle OpenMP workers sleep soon (benchmarks/README.md)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert configure_threads() == 1 == torch.get_num_threads()
+    assert configure_threads(2) == 2 == torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    with pytest.raises(MinisdError, match="OMP_NUM_THREADS"):
+        configure_threads()
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's own OpenMP policy is left alone
+    configure_threads(1)
+    assert "GOMP_SPINCOUNT" not in os.environ
