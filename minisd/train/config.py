@@ -150,7 +150,9 @@ def constructor_settings(cls: type) -> dict[str, Any]:
 
     settings: dict[str, Any] = {}
     for owner in cls.__mro__:
-        if owner is Model or "__init__" not in vars(owner):
+        if owner is Model:
+            break
+        if "__init__" not in vars(owner):
             continue
         hints = typing.get_type_hints(owner.__init__)
         parameters = list(inspect.signature(owner.__init__).parameters.values())[1:]  # without self
