@@ -1,7 +1,8 @@
 """Training speed of minisd's diffusion UNet, side by side with this machine's matmul rate and diffusers.
 
 One run measures, on the same machine and in the same process:
-  1. the fp32 matrix-multiply rate (FLOP/s) of torch.mm on 2048 x 2048 matrices: the ceiling;
+  1. the fp32 matrix-multiply rate (FLOP/s) of torch.mm on 2048 x 2048 matrices, and (once) that of one
+     3x3 convolution, the UNet's commonest layer;
   2. for minisd's DiffusionModel (preset diffusion_mnist) and for diffusers' UNet2DModel of about the
      same size (optional: `pip install diffusers`; built from a config, nothing downloaded): the FLOPs of
      one training step (forward + backward, counted by torch.utils.flop_counter), its wall time, the
@@ -33,6 +34,19 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def conv_flops_per_second(channels: int = 64, side: int = 28, batch: int = 64, repeats: int = 10) -> float:
+    """The rate of one fp32 3x3 convolution, the UNet's commonest layer (forward only)."""
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+    x = torch.randn(batch, channels, side, side)
+    with torch.no_grad():
+        flops = training_flops(lambda: conv(x))
+        conv(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            conv(x)
+    return flops * repeats / (time.perf_counter() - start)
 
 
 def step_seconds(step, steps: int) -> float:
@@ -112,6 +126,8 @@ def main() -> None:
 
     print(f"fp32 matmul (2048 x 2048, torch.mm, {torch.get_num_threads()} threads), {args.rounds} rounds: median "
           f"{statistics.median(rates) / 1e9:.1f} GFLOP/s (range {min(rates) / 1e9:.1f}-{max(rates) / 1e9:.1f})\n")
+    print(f"fp32 3x3 convolution (64 -> 64 channels, 28 x 28, batch 64, forward): "
+          f"{conv_flops_per_second() / 1e9:.1f} GFLOP/s\n")
     print("| model | parameters | GFLOP per image (fwd+bwd) | images/s, median (range) | of matmul rate, median (range) |")
     print("|---|---|---|---|---|")
     for model in models:
