@@ -15,7 +15,7 @@ from minisd.data import binarized_once, load_dataset
 from minisd.errors import DataError, MinisdError
 from minisd.eval import evaluate_likelihood
 from minisd.figures.vae import make_vae_figures
-from minisd.outputs import check_output_dir
+from minisd.outputs import check_can_create
 from minisd.runtime import resolve_device
 from minisd.train import load_run_config, train_from_config
 from minisd.train.checkpoint import load
@@ -44,7 +44,7 @@ def run_demo(out_dir: Path, *, data_dir: str | None = None, overwrite: bool = Fa
     earlier = out_dir.is_dir() and any(out_dir.iterdir())
     if earlier and not overwrite:
         raise MinisdError(f"{out_dir} already holds a demo; pass --overwrite to replace it or choose another --out")
-    check_output_dir(out_dir, "demo folder")
+    check_can_create(out_dir, "demo folder")
     dataset = choose_dataset(data_dir)
     config = load_run_config("vae2d", DIGITS_OVERRIDES if dataset == "digits" else [])
     if earlier:

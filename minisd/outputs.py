@@ -64,11 +64,6 @@ def check_writable(path: str | os.PathLike, overwrite: bool, *, suffixes: tuple[
     return check_can_create(path, what, folder=path.parent)
 
 
-def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
-    """Check that ``path`` is a folder or could be made one, before any work. Creates nothing."""
-    return check_can_create(path, what)
-
-
 def make_parent(path: str | os.PathLike) -> Path:
     """Create the folder ``path`` is written into (at write time, after the checks and the work)."""
     path = Path(path)

@@ -48,8 +48,9 @@ def available_cores() -> int:
 # How long an idle OpenMP worker of libgomp (torch's thread pool on Linux) spins before it sleeps. Its
 # default, 300,000 spins, suits a machine to itself; beside another CPU-bound process the spinning
 # workers take the cores that the threads with work need, and the diffusion UNet trained 3 times slower
-# than with one thread (benchmarks/README.md, "CPU threads"). 1,000 spins costs under 5% when the machine
-# is idle and keeps a busy one from that cliff. The variable is read once, when torch loads OpenMP.
+# than with one thread (benchmarks/README.md, "CPU threads"). With 1,000 spins the UNet keeps 97% of its
+# idle speed (the small VAE, all tiny operations, gives up about a fifth of it) and a busy machine no
+# longer falls off that cliff. The variable is read once, when torch loads OpenMP.
 SPIN_COUNT = "1000"
 
 

@@ -8,7 +8,6 @@ each operation of its own save. After every crash a complete checkpoint must loa
 import functools
 import json
 import os
-import pathlib
 import shutil
 import tempfile
 
@@ -55,7 +54,7 @@ def _resume_and_save(run_dir, step: int) -> None:
 
 # Every operation that changes what is on disk under a name, in the checkpoint module and in rmtree.
 FILE_OPERATIONS = [(os, "replace"), (os, "unlink"), (os, "rmdir"), (shutil, "rmtree"), (tempfile, "mkdtemp"),
-                   (checkpoint, "save_file"), (pathlib.Path, "write_text")]
+                   (checkpoint, "_write_file")]
 
 
 def _crash_before_operation(point: int, action, operations=FILE_OPERATIONS) -> bool:
@@ -131,7 +130,7 @@ def test_folders_of_killed_saves_are_removed_by_the_next_save(tmp_path):
     _save(tmp_path, 5)
     for kill in range(10):
         # Killed while writing the weights into its tmp folder.
-        assert _crash_before_operation(1, functools.partial(_save, tmp_path, 10 + kill), [(checkpoint, "save_file")])
+        assert _crash_before_operation(1, functools.partial(_save, tmp_path, 10 + kill), [(checkpoint, "_write_file")])
         assert len(list(tmp_path.glob(".checkpoint.tmp-*"))) == 1, "each save clears the folders of earlier kills"
     _save(tmp_path, 20)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

@@ -65,9 +65,6 @@ def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
     t_min = T_MIN if t_min is None else t_min
     if not 0 < t_min <= t_max <= 1:
         raise ConfigError(f"need 0 < t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    if num_steps > 1 and t_min == t_max:
-        raise ConfigError(f"a grid of {num_steps} steps from t_max = {t_max} to t_min = {t_min} would have steps of "
-                          f"zero length; give t_max > t_min, or one step")
     factory = _factory(schedule)
     ramp = torch.linspace(0, 1, num_steps, **factory)  # [0] for one step: just t_max
     ends = torch.tensor([t_max, t_min], **factory)
@@ -87,7 +84,7 @@ def time_steps(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform"
         # The bisection inverse is only accurate to its tolerance, and near t = 1 the cosine log-SNR is
         # steep: start at t_max itself, the time the sampler's initial noise is drawn for.
         times[0] = ends[0]
-    if not (times[1:] < times[:-1]).all():
-        raise ConfigError(f"{num_steps} steps between t = {t_max} and {t_min} are too many to keep every step longer "
-                          f"than zero in {times.dtype}; use fewer steps or a wider range")
+    if not (times[1:] < times[:-1]).all():  # t_max = t_min, or more steps than the dtype tells apart
+        raise ConfigError(f"a grid of {num_steps} steps from t_max = {t_max} to t_min = {t_min} has steps of zero "
+                          f"length; give t_max > t_min, or fewer steps")
     return torch.cat([times, times.new_zeros(1)])

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 
 from minisd.errors import CheckpointError, MinisdError
 from minisd.models import Model, build_model
@@ -57,22 +57,28 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries, to disk (a rename is only durable once its folder is flushed)."""
-    flags = os.O_RDONLY
-    if path.is_dir():
-        if not hasattr(os, "O_DIRECTORY"):
-            return  # Windows cannot open folders; NTFS journals renames itself
-        flags |= os.O_DIRECTORY
-    handle = os.open(path, flags)
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk: a rename is only durable once its folder is flushed."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # Windows cannot open folders; NTFS journals renames itself
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(handle)
     finally:
         os.close(handle)
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+def _write_file(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path``, flushed to disk; return its sha256 (what ``config.json`` records)."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    return _sha256(data)
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
 
 
 def _flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -133,20 +139,18 @@ def save_checkpoint(run_dir: str | os.PathLike, *, config: dict[str, Any], model
     remove_stale_folders(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=run_dir))
     try:
-        _save_tensors(model.state_dict(), tmp / "model.safetensors")
-        _save_tensors(ema_model.state_dict(), tmp / "ema.safetensors")
+        contents = {"model.safetensors": _tensor_bytes(model.state_dict()),
+                    "ema.safetensors": _tensor_bytes(ema_model.state_dict())}
         if optimizer is not None:
             tensors, rest = _flatten_optimizer_state(optimizer.state_dict())
-            _save_tensors(tensors, tmp / "optimizer.safetensors")
-            (tmp / "training_state.json").write_text(json.dumps({"step": step, "optimizer": rest}, indent=2))
-        files = {file.name: _sha256(file.read_bytes()) for file in sorted(tmp.iterdir())}
+            contents["optimizer.safetensors"] = _tensor_bytes(tensors)
+            contents["training_state.json"] = json.dumps({"step": step, "optimizer": rest}, indent=2).encode()
+        files = {name: _write_file(tmp / name, data) for name, data in contents.items()}
         full_config = {"format_version": FORMAT_VERSION, "minisd_version": __version__, "step": step, **config,
                        "model": {"type": model.model_type, **model.hparams}, "files": files}
-        (tmp / "config.json").write_text(json.dumps(full_config, indent=2) + "\n")  # last: it vouches for the rest
+        _write_file(tmp / "config.json", (json.dumps(full_config, indent=2) + "\n").encode())  # last: it vouches
         _make_readable(tmp)
-        for file in tmp.iterdir():
-            _fsync(file)
-        _fsync(tmp)
+        _sync_folder(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -156,7 +160,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, config: dict[str, Any], model
             _discard(old)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync(run_dir)
+    _sync_folder(run_dir)
     if old.exists():
         _discard(old)
     return final
@@ -198,13 +202,17 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of the checkpoint at ``path`` (a checkpoint or run folder)."""
+def _checkpoint_folder(path: str | os.PathLike) -> Path:
     folder = find_checkpoint(path)
     if folder is None:
         raise CheckpointError(f"{path} is not a minisd checkpoint: expected a folder with config.json and "
                               f"model.safetensors, or a run folder holding '{CHECKPOINT_DIR}/'")
-    return _read_config(folder)
+    return folder
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of the checkpoint at ``path`` (a checkpoint or run folder)."""
+    return _read_config(_checkpoint_folder(path))
 
 
 def _read_verified(folder: Path, name: str, config: dict[str, Any]) -> bytes:
@@ -256,8 +264,8 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: str | torch.devic
     ``ema=True`` loads the exponential moving average of the weights, which samples and
     evaluates better than the raw weights of the last step.
     """
-    config = read_checkpoint_config(path)
-    folder = find_checkpoint(path)
+    folder = _checkpoint_folder(path)
+    config = _read_config(folder)
     model = _build(config, folder)
     name = "ema.safetensors" if ema else "model.safetensors"
     _load_weights(model, _read_tensors(folder, name, config), folder / name)

@@ -14,7 +14,7 @@ import torch
 from minisd.data import load_dataset
 from minisd.errors import ConfigError
 from minisd.models import build_model
-from minisd.outputs import check_output_dir
+from minisd.outputs import check_can_create
 from minisd.runtime import resolve_device
 from minisd.train import distributed
 from minisd.train.checkpoint import find_checkpoint, read_checkpoint_config
@@ -74,7 +74,7 @@ def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *,
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
                               f"--overwrite to replace it, or choose another --out")
-        check_output_dir(run_dir, "run folder")
+        check_can_create(run_dir, "run folder")
     config = train_config(run_config)
     data = asdict(data_config(run_config))
     train_set = load_dataset(data["dataset"], "train", data_dir=data_dir)
