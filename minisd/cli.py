@@ -111,6 +111,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = RUNS_DIR / Path(args.config).stem
     else:
         raise MinisdError("--resume needs --out, the run folder to continue")
+    from minisd.train.text_to_image import is_text_to_image_config, train_text_to_image
+
+    if is_text_to_image_config(config) or (args.resume and (out / "text2image.json").is_file()):
+        if args.resume and not args.config:
+            config = apply_overrides(json.loads((out / "text2image.json").read_text()), args.set)
+        train_text_to_image(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
+                            device=args.device, progress=not args.no_progress)
+        return
     result = train_from_config(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                                device=args.device, progress=not args.no_progress)
     if is_main_process():
@@ -447,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--overwrite", action="store_true", help="replace existing figures")
     _add_common(figures)
     figures.set_defaults(func=cmd_figures)
+
+    from minisd.generate import add_generate_command
+
+    add_generate_command(commands, _add_common, _positive_int, _seed, _non_negative_number,
+                         _LazyChoices(_sampler_names))
 
     demo_help = ("train the path's 2-d VAE (784 -> 256 -> 2 -> 256 -> 784) on MNIST, or on the built-in 8x8 digits "
                  "when MNIST is not found, report its test ELBO and importance-weighted bound, and draw its figures")

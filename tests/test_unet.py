@@ -127,11 +127,17 @@ def test_gradient_reaches_every_parameter():
     assert without_gradient == []
 
 
-@pytest.mark.parametrize("channel_mults, size", [((1, 2, 2), 30), ((1, 2, 2, 2), 28), ((1, 2), 33)])
-def test_unet_rejects_sizes_it_cannot_halve(channel_mults, size):
+@pytest.mark.parametrize("channel_mults, size", [((1, 2, 2), 30), ((1, 2, 2, 2), 28), ((1, 2), 33), ((1, 2, 2), 7)])
+def test_unet_of_odd_sizes_returns_the_input_size_and_mixes_every_pixel(channel_mults, size):
+    # Odd sides are rounded up on the way down and cropped on the way up (a 7x7 latent: 7, 4, 2).
     model = tiny_unet(channel_mults=channel_mults)
-    with pytest.raises(ValueError, match="not divisible by 2"):
-        model(torch.randn(1, 1, size, size), torch.rand(1))
+    for parameter in model.output.parameters():  # the zero-initialised output layer would hide everything
+        torch.nn.init.normal_(parameter)
+    x = torch.randn(1, 1, size, size, requires_grad=True)
+    out = model(x, torch.rand(1))
+    assert out.shape == x.shape
+    out[0, 0, size // 2, size // 2].backward()
+    assert x.grad[0, 0, 0, 0] != 0 and x.grad[0, 0, -1, -1] != 0
 
 
 @pytest.mark.parametrize("unet_kwargs, match", [

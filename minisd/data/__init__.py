@@ -10,3 +10,10 @@ from minisd.data.dataset import DATASETS, SPLITS, ImageDataset, binarize, binari
 from minisd.data.idx import resolve_data_dir
 
 __all__ = ["DATASETS", "SPLITS", "ImageDataset", "binarize", "binarized_once", "load_dataset", "resolve_data_dir"]
+
+# Captioned datasets (text-to-image): MNIST / Fashion-MNIST with measured attributes, shapes, a folder.
+from minisd.data.captioned import CaptionedDataset, load_captioned  # noqa: E402
+from minisd.data.image_folder import load_image_folder  # noqa: E402
+from minisd.data.shapes import make_shapes  # noqa: E402
+
+__all__ += ["CaptionedDataset", "load_captioned", "load_image_folder", "make_shapes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +59,14 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"image": self.images[index], "label": self.labels[index]}
+
+    def batch(self, indices: torch.Tensor) -> dict[str, Any]:
+        """The batch of examples ``indices``: ``{"image": (B, C, H, W), "label": (B,)}``.
+
+        What the training loop and the evaluations read; a dataset with more per example (captions,
+        cached latents) returns more keys, and they reach the model's ``loss`` and ``condition`` untouched.
+        """
+        return {"image": self.images[indices], "label": self.labels[indices]}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -7,12 +7,9 @@ and with the labels of the real test set (MNIST's test digits are not exactly un
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:  # only for the type hints: minisd.models itself imports minisd.eval
-    from minisd.models.classifier import Classifier
+from minisd.models.classifier import Classifier
 
 
 @torch.no_grad()

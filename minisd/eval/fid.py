@@ -19,13 +19,10 @@ statistics and scores worse even against itself drawn again. Compare FIDs at equ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # only for the type hints: minisd.models itself imports minisd.eval
-    from minisd.models.classifier import Classifier
+from minisd.models.classifier import Classifier
 
 
 def _as_float64(array: torch.Tensor | np.ndarray) -> torch.Tensor:

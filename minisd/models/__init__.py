@@ -12,11 +12,17 @@ from minisd.errors import ConfigError
 from minisd.models.autoencoder import Autoencoder
 from minisd.models.base import Model
 from minisd.models.classifier import Classifier
+from minisd.models.clip import ContrastiveTextImage
 from minisd.models.diffusion import DiffusionModel
 from minisd.models.hvae import HierarchicalVAE
+from minisd.models.latent_autoencoder import LatentAutoencoder
+from minisd.models.latent_diffusion import LatentDiffusion
+from minisd.models.noisy_classifier import NoisyClassifier
 from minisd.models.vae import VAE
 
-MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (Autoencoder, VAE, HierarchicalVAE, DiffusionModel, Classifier)}
+MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (
+    Autoencoder, VAE, HierarchicalVAE, DiffusionModel, Classifier, NoisyClassifier,
+    LatentAutoencoder, ContrastiveTextImage, LatentDiffusion)}
 
 
 def check_model_type(model_type: Any) -> None:
@@ -36,4 +42,5 @@ def build_model(config: dict[str, Any]) -> Model:
         raise ConfigError(f"cannot build a {model_type} from {config}: {err}") from None
 
 
-__all__ = ["MODELS", "check_model_type", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier", "build_model"]
+__all__ = ["MODELS", "check_model_type", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier",
+           "NoisyClassifier", "LatentAutoencoder", "ContrastiveTextImage", "LatentDiffusion", "build_model"]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minisd.eval.likelihood import importance_weighted_log_likelihood
 from minisd.nn import image_decoder, image_encoder
+from minisd.probability import importance_weighted_log_likelihood
 
 
 class Model(nn.Module):
@@ -31,6 +31,18 @@ class Model(nn.Module):
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def prepare(self, train_set: Any) -> None:
+        """Fit what a new model learns from its data before training starts (a tokenizer, say); by default nothing."""
+
+    def extra_files(self) -> dict[str, bytes]:
+        """Files a checkpoint keeps beside the weights (``tokenizer.json``), by name; by default none."""
+        return {}
+
+    def load_extra_files(self, files: dict[str, bytes]) -> None:
+        """Take back what :meth:`extra_files` gave, read from a checkpoint (names in ``extra_file_names``)."""
+
+    extra_file_names: ClassVar[tuple[str, ...]] = ()
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         # The loss is the forward pass so that DistributedDataParallel, which hooks

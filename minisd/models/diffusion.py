@@ -43,37 +43,72 @@ class DiffusionModel(Model):
                  prediction: str = "eps", weighting: str = "simple", min_snr_gamma: float = 5.0,
                  base_channels: int = 32, channel_mults: list[int] = (1, 2, 2), num_res_blocks: int = 1,
                  attention_levels: list[int] | None = None, num_heads: int = 4, dropout: float = 0.0,
-                 num_classes: int | None = None, sampler: str = "dpmpp_2m_sde", sample_steps: int = 20):
+                 num_classes: int | None = None, p_uncond: float = 0.0, context_dim: int | None = None,
+                 sampler: str = "dpmpp_2m_sde", sample_steps: int = 20):
         super().__init__(image_shape=list(image_shape), schedule=schedule, prediction=prediction,
                          weighting=weighting, min_snr_gamma=min_snr_gamma, base_channels=base_channels,
                          channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
                          attention_levels=None if attention_levels is None else list(attention_levels),
-                         num_heads=num_heads, dropout=dropout, num_classes=num_classes, sampler=sampler,
-                         sample_steps=sample_steps)
+                         num_heads=num_heads, dropout=dropout, num_classes=num_classes, p_uncond=p_uncond,
+                         context_dim=context_dim, sampler=sampler, sample_steps=sample_steps)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        if not 0 <= p_uncond < 1:
+            raise ValueError(f"p_uncond is a probability below 1, got {p_uncond}")
         self.image_shape = tuple(image_shape)
         self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
-        self.num_classes = num_classes
+        self.num_classes, self.p_uncond = num_classes, p_uncond
         self.sampler, self.sample_steps = sampler, sample_steps
-        self.schedule = build_schedule(schedule)
         network = UNet(in_channels=image_shape[0], base_channels=base_channels, channel_mults=channel_mults,
                        num_res_blocks=num_res_blocks, attention_levels=attention_levels, num_heads=num_heads,
-                       dropout=dropout, num_classes=num_classes)
-        self.denoiser = NetworkDenoiser(network, self.schedule, prediction)
+                       dropout=dropout, num_classes=num_classes, context_dim=context_dim)
+        # The schedule is registered once, inside the denoiser: a second registration (self.schedule =
+        # ...) would put a learned schedule's parameters in the state dict twice, sharing memory, which
+        # safetensors refuses to save.
+        self.denoiser = NetworkDenoiser(network, build_schedule(schedule), prediction)
 
-    def condition(self, batch: dict[str, Any]) -> Any:
-        """What the network is conditioned on: the class labels for a class-conditional model, else nothing."""
-        return batch.get("label") if self.num_classes is not None else None
+    @property
+    def schedule(self):
+        """The noise schedule (the denoiser's: the one instance, learned or not)."""
+        return self.denoiser.schedule
 
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        x0 = to_model_range(batch["image"])
-        per_example = denoising_loss(self.denoiser, x0, weighting=self.weighting, cond=self.condition(batch),
+    def condition(self, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """What the network is conditioned on, as the one conditioning dict: ``{"label": (B,)}`` for a
+        class-conditional model, else None (the UNet then takes the null label, if it has labels at all)."""
+        if self.num_classes is None or batch.get("label") is None:
+            return None
+        return {"label": batch["label"]}
+
+    def null_condition(self, n: int) -> dict[str, torch.Tensor] | None:
+        """The unconditional branch's condition for ``n`` examples: the null label, index ``num_classes``."""
+        if self.num_classes is None:
+            return None
+        return {"label": torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)}
+
+    def drop_condition(self, cond: dict[str, torch.Tensor] | None, n: int) -> dict[str, torch.Tensor] | None:
+        """Conditioning dropout (Ho & Salimans 2022): each example's label becomes the null label with probability
+        ``p_uncond``, so one network learns both p(x | y) and p(x), which classifier-free guidance combines."""
+        if cond is None or self.p_uncond == 0 or "label" not in cond:
+            return cond
+        dropped = torch.rand(n, device=cond["label"].device) < self.p_uncond
+        return {**cond, "label": torch.where(dropped, self.num_classes, cond["label"])}
+
+    def loss_on(self, x0: torch.Tensor, cond: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """The per-example training loss ``(B,)`` of data ``x0`` already in the modelled space (pixels in
+        [-1, 1], or an autoencoder's latents), conditioned on ``cond``."""
+        per_example = denoising_loss(self.denoiser, x0, weighting=self.weighting, cond=cond,
                                      min_snr_gamma=self.min_snr_gamma)
         if self.weighting == "vlb":
             # The whole bound, so that a learned schedule's end points are trained too (VDM, sec. 5).
             per_example = per_example + prior_term(self.schedule, x0) + reconstruction_term(self.schedule, x0)
-        loss = per_example.mean()
+        return per_example
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        x0 = to_model_range(batch["image"])
+        cond = self.condition(batch)
+        if self.training:
+            cond = self.drop_condition(cond, len(x0))
+        loss = self.loss_on(x0, cond).mean()
         return loss, {"loss": loss.item()}
 
     @torch.no_grad()
@@ -92,8 +127,12 @@ class DiffusionModel(Model):
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, sampler: str | None = None,
                steps: int | None = None, cond: Any = None, clip_denoised: bool = True,
-               callback: Callable[[dict], None] | None = None, **sampler_args: Any) -> torch.Tensor:
+               callback: Callable[[dict], None] | None = None, image: torch.Tensor | None = None,
+               strength: float = 1.0, **sampler_args: Any) -> torch.Tensor:
         """``n`` images ``(n, C, H, W)`` in [0, 1], by ``sampler`` (default: the model's) in ``steps`` steps.
+
+        ``image`` ``(n, C, H, W)`` in [0, 1] with ``strength`` in (0, 1]: image-to-image, see
+        :func:`minisd.diffusion.samplers.sample`.
 
         ``clip_denoised``: clip every x0-prediction to the data range [-1, 1] (Ho et al. 2020), which keeps
         the first, noisiest steps (alpha = 0.0067 at the start) from carrying an error amplified by 1 / alpha
@@ -102,5 +141,6 @@ class DiffusionModel(Model):
         denoiser = ClippedDenoiser(self.denoiser) if clip_denoised else self.denoiser
         x0 = run_sampler(denoiser, (n, *self.image_shape), sampler=sampler or self.sampler,
                          steps=steps or self.sample_steps, generator=generator, cond=cond, callback=callback,
-                         device=self.device, **sampler_args)
+                         device=self.device, x_start=None if image is None else to_model_range(image.to(self.device)),
+                         strength=strength, **sampler_args)
         return ((x0 + 1) / 2).clamp(0, 1)

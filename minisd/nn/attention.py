@@ -36,6 +36,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"{dim} channels cannot be split into {num_heads} heads; "
                              "choose num_heads dividing every level's channel count")
         self.num_heads = num_heads
+        self.recorded: list[torch.Tensor] | None = None  # attention weights, while a recorder listens
         self.to_query = nn.Linear(dim, dim, bias=False)
         # Keys and values in one matrix multiply: one pass over the (possibly long) source.
         self.to_key_value = nn.Linear(context_dim or dim, 2 * dim, bias=False)
@@ -52,8 +53,14 @@ class MultiHeadAttention(nn.Module):
         key, value = self.to_key_value(source).chunk(2, dim=-1)
         # A (B, 1, 1, L) mask broadcasts over heads and queries.
         mask = None if context_mask is None else context_mask[:, None, None, :]
-        attended = F.scaled_dot_product_attention(self._split_heads(self.to_query(x)), self._split_heads(key),
-                                                  self._split_heads(value), attn_mask=mask)
+        query, key, value = self._split_heads(self.to_query(x)), self._split_heads(key), self._split_heads(value)
+        if self.recorded is None:
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        else:  # the same softmax(Q K^T / sqrt(d)) V, written out to keep the weights
+            scores = query @ key.transpose(-2, -1) / query.shape[-1] ** 0.5
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(-1) if mask is not None else scores.softmax(-1)
+            self.recorded.append(weights.mean(1))  # (B, N, L), averaged over heads
+            attended = weights @ value
         return self.to_out(attended.transpose(1, 2).flatten(2))
 
 
@@ -83,3 +90,48 @@ class SpatialAttention(nn.Module):
         if self.cross_attention is not None and context is not None:
             tokens = tokens + self.cross_attention(self.cross_norm(tokens), context, context_mask)
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class CrossAttentionRecorder:
+    """Keeps the cross-attention weights of every :class:`SpatialAttention` of ``network``, step by step.
+
+    After each sampling step call :meth:`end_step`; :meth:`maps` then gives, for every step, how much each
+    pixel of the latent grid attends to each text token, averaged over heads and layers (layers of coarser
+    resolution are upsampled to the finest): where in the image each word acts (Hertz et al. 2022).
+    """
+
+    def __init__(self, network: nn.Module):
+        self.layers = [m.cross_attention for m in network.modules()
+                       if isinstance(m, SpatialAttention) and m.cross_attention is not None]
+        for layer in self.layers:
+            layer.recorded = []
+        self.steps: list[list[torch.Tensor]] = []
+
+    def end_step(self) -> None:
+        """Close a sampling step: keep the weights recorded since the last call (the last call of each layer)."""
+        self.steps.append([layer.recorded[-1] for layer in self.layers if layer.recorded])
+        for layer in self.layers:
+            layer.recorded.clear()
+
+    def maps(self, n: int, size: tuple[int, int]) -> torch.Tensor:
+        """``(steps, n, L, H, W)``: the first ``n`` examples of each batch (the conditional branch, which
+        classifier-free guidance puts first), per token, on a grid of ``size``."""
+        per_step = []
+        for records in self.steps:
+            grids = []
+            for weights in records:  # (B, N, L) with N = h * w pixels
+                side = int(round(weights.shape[1] ** 0.5))
+                grid = weights[:n].transpose(1, 2).reshape(n, -1, side, weights.shape[1] // side)
+                grids.append(F.interpolate(grid, size=size, mode="bilinear", align_corners=False))
+            per_step.append(torch.stack(grids).mean(0))
+        return torch.stack(per_step).cpu()
+
+    def close(self) -> None:
+        """Stop recording (attention goes back to the fused kernel)."""
+        for layer in self.layers:
+            layer.recorded = None
+
+
+def record_cross_attention(network: nn.Module) -> CrossAttentionRecorder:
+    """Start recording the cross-attention weights of ``network`` (see :class:`CrossAttentionRecorder`)."""
+    return CrossAttentionRecorder(network)

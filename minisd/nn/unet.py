@@ -10,7 +10,8 @@ Dhariwal & Nichol (2021), with the cross-attention of Rombach et al. (2022):
     GroupNorm -> SiLU -> output conv
 
 Every level but the last halves the resolution: ``channel_mults=(1, 2, 2)`` works at 28, 14, 7
-for MNIST and 32, 16, 8 for 32x32 images. Each down-path block's output is kept and concatenated
+for MNIST and 32, 16, 8 for 32x32 images. An odd side is rounded up (a 7x7 latent goes 7, 4, 2) and the
+extra row and column are cropped on the way back up. Each down-path block's output is kept and concatenated
 to the input of one up-path block, so fine detail skips the bottleneck.
 
 Conditioning: the time embedding (plus a learned class embedding, when ``num_classes`` is set)
@@ -163,7 +164,6 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning = None) -> torch.Tensor:
         """``cond``: None (no conditioning; all-null labels), class labels ``(B,)`` int64, or a dict with
         optional ``"label"``, ``"context": (B, L, context_dim)`` and ``"context_mask": (B, L)`` bool."""
-        self._check_size(x)
         labels, context, context_mask = self._split_conditioning(cond)
         emb = self.time_embedding(t.expand(x.shape[0]))
         if self.class_embedding is not None:
@@ -186,15 +186,11 @@ class UNet(nn.Module):
             for block in blocks:
                 hidden = block(torch.cat([hidden, skips.pop()], dim=1), emb, context, context_mask)
             if level < len(self.upsamples):
-                hidden = self.upsamples[level](hidden)
+                # An odd side was rounded up on the way down (7 -> 4); doubling overshoots (4 -> 8) by the
+                # one row and column that the skip it meets next has not: crop them.
+                height, width = skips[-1].shape[-2:]
+                hidden = self.upsamples[level](hidden)[..., :height, :width]
         return self.output(hidden)
-
-    def _check_size(self, x: torch.Tensor) -> None:
-        factor = 2 ** (self.num_levels - 1)
-        height, width = x.shape[-2:]
-        if height % factor or width % factor:
-            raise ValueError(f"image size {height}x{width} is not divisible by 2**(levels - 1) = {factor}, "
-                             f"which {self.num_levels} levels need; use fewer channel_mults or pad the images")
 
     def _split_conditioning(self, cond: Conditioning) -> tuple[torch.Tensor | None, ...]:
         if cond is None or isinstance(cond, torch.Tensor):

@@ -140,7 +140,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, config: dict[str, Any], model
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=run_dir))
     try:
         contents = {"model.safetensors": _tensor_bytes(model.state_dict()),
-                    "ema.safetensors": _tensor_bytes(ema_model.state_dict())}
+                    "ema.safetensors": _tensor_bytes(ema_model.state_dict()), **model.extra_files()}
         if optimizer is not None:
             tensors, rest = _flatten_optimizer_state(optimizer.state_dict())
             contents["optimizer.safetensors"] = _tensor_bytes(tensors)
@@ -258,6 +258,23 @@ def _build(config: dict[str, Any], folder: Path) -> Model:
     return build_model(config["model"])
 
 
+def _load_extra_files(models: tuple[Model, ...], folder: Path, config: dict[str, Any]) -> None:
+    """Give each model the files it keeps beside its weights (a tokenizer), each checked against its sha256."""
+    names = models[0].extra_file_names
+    if not names:
+        return
+    files = {}
+    for name in names:
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder / name} is missing: a {models[0].model_type} checkpoint needs it")
+        files[name] = _read_verified(folder, name, config)
+    for model in models:
+        try:
+            model.load_extra_files(files)
+        except MinisdError as err:
+            raise CheckpointError(f"{folder}: {err}") from None
+
+
 def load(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu") -> Model:
     """A trained model from a checkpoint (or run) folder, in eval mode.
 
@@ -267,9 +284,38 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: str | torch.devic
     folder = _checkpoint_folder(path)
     config = _read_config(folder)
     model = _build(config, folder)
-    name = "ema.safetensors" if ema else "model.safetensors"
+    _load_extra_files((model,), folder, config)
+    # An exported model folder (save_model) holds one set of weights, the averaged ones, as model.safetensors.
+    name = "ema.safetensors" if ema and (folder / "ema.safetensors").exists() else "model.safetensors"
     _load_weights(model, _read_tensors(folder, name, config), folder / name)
     return model.to(device).eval()
+
+
+def save_model(folder: str | os.PathLike, model: Model, *, extra_config: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` alone (no training state) as a loadable folder: ``config.json`` (with the sha256 of every
+    file), ``model.safetensors`` and the model's extra files. Written into a temporary sibling, then renamed:
+    ``folder`` must not exist yet. :func:`load` reads it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        contents = {"model.safetensors": _tensor_bytes(model.state_dict()), **model.extra_files()}
+        files = {name: _write_file(tmp / name, data) for name, data in contents.items()}
+        config = {"format_version": FORMAT_VERSION, "minisd_version": __version__, **(extra_config or {}),
+                  "model": {"type": model.model_type, **model.hparams}, "files": files}
+        _write_file(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+        _make_readable(tmp)
+        _sync_folder(tmp)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def weights_hash(folder: str | os.PathLike) -> str:
+    """A short fingerprint of a saved model: the sha256 of its ``config.json``, which records every file's sha256."""
+    return _sha256(Path(folder, "config.json").read_bytes())[:10]
 
 
 def load_training_state(path: str | os.PathLike, model: Model, ema_model: Model,
@@ -279,6 +325,7 @@ def load_training_state(path: str | os.PathLike, model: Model, ema_model: Model,
     if folder is None or not (folder / "training_state.json").is_file():
         raise CheckpointError(f"there is no checkpoint with training state to resume in {path}")
     config = _read_config(folder)
+    _load_extra_files((model, ema_model), folder, config)
     for module, name in ((model, "model.safetensors"), (ema_model, "ema.safetensors")):
         _load_weights(module, _read_tensors(folder, name, config), folder / name)
     try:

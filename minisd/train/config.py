@@ -79,8 +79,8 @@ class DataConfig:
         from minisd.data import DATASETS
 
         check_section("data", dataclasses.asdict(self), DataConfig)
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.dataset not in (*DATASETS, "shapes"):
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {[*DATASETS, 'shapes']}")
 
 
 # --------------------------------------------------------------------------------------
@@ -211,19 +211,23 @@ def data_config(run_config: dict[str, Any]) -> DataConfig:
 
 def apply_overrides(config: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides in place; values are read as TOML (``train.lr=3e-4``,
-    ``model.hidden=[200, 200]``), falling back to a plain string (``data.dataset=digits``)."""
+    ``model.hidden=[200, 200]``), falling back to a plain string (``data.dataset=digits``). Tables nest:
+    ``unet.train.steps=100`` sets ``steps`` in ``[unet.train]``."""
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"override {override!r} must look like section.key=value, e.g. train.steps=500")
-        section, name = key.strip().split(".", 1)
+        *tables, name = key.strip().split(".")
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        if not isinstance(config.setdefault(section, {}), dict):
-            raise ConfigError(f"override {override!r}: [{section}] is not a table of settings")
-        config[section][name] = value
+        table = config
+        for depth, section in enumerate(tables):
+            table = table.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"override {override!r}: [{'.'.join(tables[:depth + 1])}] is not a table of settings")
+        table[name] = value
     return config
 
 
@@ -239,7 +243,13 @@ def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str,
         config = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    return validate_run_config(apply_overrides(config, overrides))
+    config = apply_overrides(config, overrides)
+    from minisd.train.text_to_image import is_text_to_image_config, validate_text_to_image_config
+
+    if is_text_to_image_config(config):
+        validate_text_to_image_config(config)
+        return config
+    return validate_run_config(config)
 
 
 def differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:

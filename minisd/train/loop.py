@@ -61,27 +61,30 @@ class _Batches:
             generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
             self._epoch, self._order = epoch, torch.randperm(len(self.dataset), generator=generator)
         indices = self._order[position * self.batch_size:(position + 1) * self.batch_size][self.local]
-        return {"image": self.dataset.images[indices], "label": self.dataset.labels[indices]}
+        return self.dataset.batch(indices)
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors to ``device``; anything else in the batch (captions) as it is."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
-def evaluate_loss(model: Model, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                  seed: int = 0) -> dict[str, float]:
-    """The model's loss logs averaged over a whole evaluation set (same seed, same numbers)."""
+def evaluate_loss(model: Model, dataset: ImageDataset, batch_size: int, seed: int = 0) -> dict[str, float]:
+    """The model's loss logs averaged over a whole evaluation set (same seed, same numbers).
+
+    Batches come from ``dataset.batch``, so whatever the dataset carries (labels, captions) conditions the
+    model as it does in training.
+    """
     torch.manual_seed(seed)
     model.eval()
     totals: dict[str, float] = {}
-    for start in range(0, len(images), batch_size):
-        batch = {"image": images[start:start + batch_size].to(model.device),
-                 "label": labels[start:start + batch_size].to(model.device)}
+    for start in range(0, len(dataset), batch_size):
+        batch = _to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset)))), model.device)
         _, logs = model.loss(batch)
         for key, value in logs.items():
             totals[key] = totals.get(key, 0.0) + value * len(batch["image"])
-    return {key: total / len(images) for key, total in totals.items()}
+    return {key: total / len(dataset) for key, total in totals.items()}
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -191,7 +194,7 @@ def _train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: 
     def evaluate(step: int) -> dict[str, float]:
         if eval_set is None:
             return {}
-        logs = evaluate_loss(ema.model, eval_set.images, eval_set.labels, config.eval_batch_size)
+        logs = evaluate_loss(ema.model, eval_set, config.eval_batch_size)
         if is_main:
             _append_jsonl(metrics_path, {"step": step, **{f"eval/{k}": v for k, v in logs.items()}})
         return logs

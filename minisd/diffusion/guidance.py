@@ -1,0 +1,146 @@
+"""Guidance: denoisers that wrap a denoiser and push its estimate towards a condition (Luo 2022, section "Guidance").
+
+Each guidance is a :class:`~minisd.diffusion.denoiser.Denoiser` built around another one, so every sampler
+of :mod:`minisd.diffusion.samplers` runs it unchanged, and guidances stack (classifier guidance around
+classifier-free guidance is a denoiser too).
+
+Both methods are stated by Luo (2022) for the score s(x_t) = grad log p(x_t). A denoiser returns x0_hat
+instead; Tweedie's formula (Luo (2022) eq. 133, in our alpha/sigma notation) turns one into the other at
+fixed x_t:
+
+    x0_hat = (x_t + sigma_t^2 s) / alpha_t,
+
+an affine map of the score, the same for every branch at the same (x_t, t). A guided score is therefore a
+guided x0_hat, with the score's weights: see each class.
+
+The guidance scale follows Luo's gamma, which is diffusers' ``guidance_scale``: 0 is the unconditional
+model, 1 the (nominally) conditional one, above 1 guides harder. (Ho & Salimans (2022) write w = gamma - 1.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from minisd.diffusion.conditioning import Condition, concat_conditions, condition_batch_size, repeat_condition
+from minisd.diffusion.denoiser import Denoiser, expand_like
+from minisd.errors import ConfigError
+
+# A noise-aware classifier: (x_t (B, ...), t (B,)) -> logits (B, num_classes) of p(y | x_t).
+NoisyClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_scale(scale: float) -> float:
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)):
+        raise ConfigError(f"the guidance scale must be a finite number, got {scale!r}")
+    return float(scale)
+
+
+class ClassifierFreeGuidance:
+    """Classifier-free guidance (Ho & Salimans 2022; Luo (2022), section "Classifier-Free Guidance").
+
+    Luo's guided score mixes the conditional and the unconditional score of one network,
+
+        grad log p_gamma(x_t | y) = gamma grad log p(x_t | y) + (1 - gamma) grad log p(x_t)
+                                  = s_uncond + gamma (s_cond - s_uncond),
+
+    and through x0_hat = (x_t + sigma^2 s) / alpha, whose x_t / alpha part the weights gamma and 1 - gamma
+    (summing to 1) carry through unchanged, the same mixture of denoised estimates:
+
+        x0_guided = (x_t + sigma^2 (s_uncond + gamma (s_cond - s_uncond))) / alpha
+                  = x0_uncond + gamma (x0_cond - x0_uncond).
+
+    (So it is the same mixture of eps, or of v, predictions: all of them are affine in the score at fixed x_t.)
+
+    ``uncond`` is the condition of the unconditional branch: the null labels of a class-conditional model
+    (``DiffusionModel.null_condition``), or a negative prompt's text context; a batch of one is repeated to
+    the batch being sampled. Both branches go through the network in ONE call of twice the batch: one large
+    call uses the hardware better than two small ones, and gives the same numbers, because nothing in the
+    UNet mixes examples (group norm is per example).
+
+    ``scale`` 1 is exactly the conditional denoiser and 0 exactly the unconditional one: the other branch's
+    weight is zero there, so it is not evaluated at all (half the cost, and no rounding from 0 * x).
+    """
+
+    def __init__(self, denoiser: Denoiser, scale: float, uncond: Condition):
+        self.denoiser, self.scale, self.uncond = denoiser, _check_scale(scale), uncond
+        self.schedule = denoiser.schedule
+
+    def unconditional(self, batch_size: int) -> Condition:
+        """``uncond`` for ``batch_size`` examples (a batch of one repeated)."""
+        size = condition_batch_size(self.uncond)
+        if size is None or size == batch_size:
+            return self.uncond
+        if size == 1:
+            return repeat_condition(self.uncond, batch_size)
+        raise ConfigError(f"the unconditional condition has batch size {size}, the samples {batch_size}: "
+                          f"give one per sample, or one for all")
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Guided x0_hat ``(B, ...)`` at ``x_t`` ``(B, ...)``, times ``t`` ``(B,)``, condition ``cond`` (batch B)."""
+        if self.scale == 1:
+            return self.denoiser(x_t, t, cond)
+        uncond = self.unconditional(len(x_t))
+        if self.scale == 0:
+            return self.denoiser(x_t, t, uncond)
+        x0_cond, x0_uncond = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                           concat_conditions(cond, uncond)).chunk(2)
+        return x0_uncond + self.scale * (x0_cond - x0_uncond)
+
+
+def classifier_log_likelihood_gradient(classifier: NoisyClassifierFn, x_t: torch.Tensor, t: torch.Tensor,
+                                       labels: torch.Tensor) -> torch.Tensor:
+    """grad_{x_t} log p(y | x_t, t) ``(B, ...)`` for the labels ``y`` ``(B,)``, from the classifier's logits.
+
+    Computed under ``torch.enable_grad()``, so it works inside the samplers' ``torch.no_grad()``. Only x_t
+    gets a gradient (``torch.autograd.grad``), never the classifier's weights. The per-example log-probabilities
+    are summed before differentiating: each depends on its own x_t only, so the sum's gradient is each one's.
+    """
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        log_probs = F.log_softmax(classifier(x, t.detach()), dim=-1)
+        chosen = log_probs.gather(1, labels.to(log_probs.device).long()[:, None]).sum()
+        (gradient,) = torch.autograd.grad(chosen, x)
+    return gradient
+
+
+class ClassifierGuidance:
+    """Classifier guidance (Dhariwal & Nichol 2021; Luo (2022), section "Classifier Guidance").
+
+    Bayes' rule splits the conditional score into the unconditional one and a classifier's gradient
+    (grad log p(y) = 0), and Luo's guided score weighs the latter by gamma:
+
+        grad log p_gamma(x_t | y) = grad log p(x_t) + gamma grad_{x_t} log p(y | x_t).
+
+    The classifier must be trained on noisy x_t at every t (:class:`minisd.models.noisy_classifier.NoisyClassifier`):
+    one trained on clean images says nothing reliable about x_t. Through x0_hat = (x_t + sigma^2 s) / alpha:
+
+        x0_guided = x0_hat + gamma sigma_t^2 / alpha_t grad_{x_t} log p(y | x_t),
+
+    which is Dhariwal & Nichol's eps_guided = eps_hat - gamma sigma_t grad log p(y | x_t) (their Alg. 2) in x0
+    form. The factor sigma^2 / alpha is 150 where sampling starts (alpha = 0.0067): wrap the guided denoiser
+    in a :class:`~minisd.diffusion.denoiser.ClippedDenoiser` to keep its estimate in the data range.
+
+    ``classifier(x_t, t)`` returns the logits of p(y | x_t) (``NoisyClassifier.logits``); ``labels`` ``(B,)``
+    are the classes asked for, one per sample. ``cond`` passes through to ``denoiser``: guide an unconditional
+    model (cond = None or null labels), or add the classifier's push to a conditional one.
+    """
+
+    def __init__(self, denoiser: Denoiser, classifier: NoisyClassifierFn, scale: float, labels: torch.Tensor):
+        self.denoiser, self.classifier, self.scale, self.labels = denoiser, classifier, _check_scale(scale), labels
+        self.schedule = denoiser.schedule
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Guided x0_hat ``(B, ...)`` at ``x_t`` ``(B, ...)`` and times ``t`` ``(B,)``."""
+        x0_pred = self.denoiser(x_t, t, cond)
+        if self.scale == 0:
+            return x0_pred
+        if len(self.labels) != len(x_t):
+            raise ConfigError(f"classifier guidance was given {len(self.labels)} labels for {len(x_t)} samples: "
+                              f"give one label per sample")
+        gradient = classifier_log_likelihood_gradient(self.classifier, x_t, t, self.labels)
+        alpha, sigma = (expand_like(value, x_t) for value in self.schedule.alpha_sigma(t))
+        return x0_pred + self.scale * sigma**2 / alpha * gradient

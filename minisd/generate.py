@@ -1,0 +1,162 @@
+"""``minisd generate``: prompt in, PNG out, every setting stored in the PNG so ``--from`` makes it again.
+
+The flags map one to one onto :class:`minisd.pipelines.TextToImagePipeline`'s arguments:
+``--negative-prompt`` -> ``negative_prompt``, ``--steps`` -> ``num_inference_steps``, ``--guidance`` ->
+``guidance_scale``, ``--sampler``, ``--seed`` -> ``generator``, ``--n`` -> ``num_images_per_prompt``,
+``--init-image`` -> ``image``, ``--strength``, ``--mask`` -> ``mask_image``. Everything is checked (output path,
+prompt, files) before the model runs, and nothing is written unless the whole generation succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from minisd.errors import ConfigError, MinisdError
+
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_MODEL = "mnist"
+
+# The settings --from may take from a PNG, and the flag each comes from.
+_FLAG_OF_SETTING = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
+                    "sampler": "sampler", "guidance_scale": "guidance", "strength": "strength",
+                    "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model"}
+
+
+def model_path(model: str | None) -> Path:
+    """``--model``: a model or run folder, or the name of a shipped model (``checkpoints/<name>``)."""
+    name = model or DEFAULT_MODEL
+    path = Path(name)
+    if path.exists():
+        return path
+    if (SHIPPED_MODELS / name).is_dir():
+        return SHIPPED_MODELS / name
+    shipped = sorted(p.name for p in SHIPPED_MODELS.glob("*") if p.is_dir()) if SHIPPED_MODELS.is_dir() else []
+    raise ConfigError(f"no model {name!r}: not a folder, and not one of the shipped models {shipped}")
+
+
+def _settings_from_png(args: argparse.Namespace) -> None:
+    """Fill ``args`` from the settings a PNG stores (``--from``); flags given explicitly are kept."""
+    from minisd.pipelines.png_settings import check_recorded_inputs, read_settings
+
+    settings = read_settings(args.from_png)
+    check_recorded_inputs(settings, args.from_png)
+    if not isinstance(settings.get("prompt"), str):
+        raise MinisdError(f"{args.from_png} records no prompt of its own; it cannot be made again")
+    for key, flag in _FLAG_OF_SETTING.items():
+        if getattr(args, flag, None) in (None, False) and settings.get(key) is not None:
+            setattr(args, flag, settings[key])
+    if args.n is None:
+        args.n = 1
+    args.image_index = settings.get("image_index")
+
+
+def _check_strength(args: argparse.Namespace) -> None:
+    if args.strength is not None and args.init_image is None:
+        raise ConfigError("--strength says how much of --init-image to redraw: give --init-image too")
+    if args.mask is not None and args.init_image is None:
+        raise ConfigError("--mask marks what to repaint in --init-image: give --init-image too")
+
+
+def _outputs(args: argparse.Namespace, count: int) -> list[Path]:
+    """The files to write: one grid, or numbered files ``out-0.png``, ``out-1.png`` ... with ``--separate``."""
+    out = Path(args.out)
+    if args.separate and count > 1 and args.image_index is None:
+        return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+    return [out]
+
+
+def run_generate(args: argparse.Namespace) -> list[Path]:
+    import torch
+
+    import minisd
+    from minisd.images import make_grid
+    from minisd.outputs import check_writable
+    from minisd.pipelines import TextToImagePipeline
+    from minisd.pipelines.inputs import load_image, load_mask, sha256_file
+    from minisd.pipelines.png_settings import save_png
+    from minisd.pipelines.text_to_image import to_pil
+    from minisd.runtime import resolve_device
+    from minisd.version import __version__
+
+    args.image_index = None
+    if args.from_png is not None:
+        _settings_from_png(args)
+    if args.prompt is None:
+        raise ConfigError("give a prompt, e.g. minisd generate \"a handwritten digit 7\", or --from IMAGE.png")
+    if args.n is None:
+        args.n = 1
+    _check_strength(args)
+    outputs = _outputs(args, args.n)
+    for out in outputs:  # before the work: a refused path must not cost a generation
+        check_writable(out, args.overwrite, suffixes=(".png",), what="image")
+
+    folder = model_path(args.model)
+    pipe = minisd.load(folder, device=resolve_device(args.device))
+    if not isinstance(pipe, TextToImagePipeline):
+        raise ConfigError(f"{folder} is a {pipe.model_type} checkpoint, not a text-to-image model; "
+                          f"use minisd sample for it")
+    channels, height, width = pipe.image_shape
+    inputs: dict[str, Any] = {}
+    if args.init_image is not None:
+        inputs["image"] = load_image(args.init_image, size=(height, width), channels=channels)
+    if args.mask is not None:
+        inputs["mask_image"] = load_mask(args.mask, size=(height, width))
+    sampler_args = {"eta": args.eta} if getattr(args, "eta", None) is not None else {}
+
+    generator = torch.Generator(pipe.device).manual_seed(args.seed)
+    output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps or 20,
+                  guidance_scale=args.guidance, sampler=args.sampler, generator=generator,
+                  num_images_per_prompt=args.n, output_type="pt", strength=args.strength, **inputs, **sampler_args)
+    settings = {**output.settings, "seed": args.seed, "minisd_version": __version__,
+                "model": args.model or DEFAULT_MODEL}
+    for key, path in (("init_image", args.init_image), ("mask", args.mask)):
+        if path is not None:
+            settings[key], settings[f"{key}_sha256"] = str(path), sha256_file(path)
+    images = output.images
+    if args.image_index is not None:  # --from one file of a --separate set
+        images, settings["image_index"] = images[args.image_index:args.image_index + 1], args.image_index
+    if len(outputs) == 1:
+        picture = images[0] if len(images) == 1 else make_grid(images, padding=2 if len(images) > 1 else 0)
+        return [save_png(to_pil(picture[None])[0], outputs[0], settings, overwrite=args.overwrite)]
+    return [save_png(image, out, {**settings, "image_index": i}, overwrite=args.overwrite)
+            for i, (image, out) in enumerate(zip(to_pil(images), outputs))]
+
+
+def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: Any, non_negative: Any,
+                         sampler_choices: Any) -> None:
+    """The ``generate`` sub-command's flags (named like ``minisd sample``'s)."""
+    generate = commands.add_parser("generate", help="make images from a text prompt (text-to-image)",
+                                   description="Make images from a text prompt with a text-to-image model; "
+                                               "every setting is stored in the PNG (--from makes it again).")
+    generate.add_argument("prompt", nargs="?", help="what to draw, e.g. \"a handwritten digit 7\"")
+    generate.add_argument("--out", default="generated.png", help="PNG to write (default: generated.png)")
+    generate.add_argument("--negative-prompt", help="what to steer away from (the unconditional branch's prompt)")
+    generate.add_argument("--steps", type=positive_int, help="sampling steps, 1 to 1000 (default 20)")
+    generate.add_argument("--guidance", type=non_negative, help="classifier-free guidance scale (0: ignore the "
+                                                                "prompt, 1: plain conditional; default: the model's)")
+    generate.add_argument("--sampler", choices=sampler_choices, metavar="SAMPLER",
+                          help="diffusion sampler (default: the model's): %(choices)s")
+    generate.add_argument("--eta", type=non_negative, help="noise of ddim / euler_ancestral / dpmpp_2m(_sde)")
+    generate.add_argument("--seed", type=seed, default=0, help="random seed: the same seed gives the same image")
+    generate.add_argument("--n", type=positive_int, help="number of images (default 1), in one grid PNG unless "
+                                                         "--separate")
+    generate.add_argument("--separate", action="store_true", help="write numbered files OUT-0.png, OUT-1.png ... "
+                                                                  "instead of one grid")
+    generate.add_argument("--init-image", help="image-to-image: the PNG to start from (the model's size)")
+    generate.add_argument("--strength", type=float, help="how much of the init image to redraw, in (0, 1] "
+                                                         "(default 0.8; 1 with --mask)")
+    generate.add_argument("--mask", help="inpainting: white where to repaint, black where to keep the init image")
+    generate.add_argument("--model", help=f"model folder, run folder or shipped model name (default: "
+                                          f"{DEFAULT_MODEL}, from checkpoints/)")
+    generate.add_argument("--from", dest="from_png", metavar="PNG", help="make the image stored in this PNG "
+                                                                         "again, with its settings")
+    generate.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    common(generate, data=False)
+
+    def run(args: argparse.Namespace) -> None:
+        for path in run_generate(args):
+            print(path)
+
+    generate.set_defaults(func=run)

@@ -1,0 +1,213 @@
+"""The text-to-image pipeline: prompt in, image out, in the call convention of diffusers.
+
+    pipe = minisd.load("checkpoints/mnist")
+    out = pipe("a handwritten digit 7", num_inference_steps=20, guidance_scale=4.0,
+               generator=torch.Generator().manual_seed(0), num_images_per_prompt=4)
+    out.images  # a list of PIL images
+
+One call, in the order of Stable Diffusion's own:
+
+1. the prompts (and negative prompts) go through the frozen text encoder into per-token contexts;
+2. the latent diffusion model's denoiser is wrapped: classifier-free guidance (the negative prompt, or the
+   empty prompt, is the unconditional branch), then inpainting when there is a mask;
+3. a sampler of :mod:`minisd.diffusion.samplers` runs from noise, or from the encoded init image noised to
+   ``strength`` (image-to-image);
+4. the autoencoder decodes the latents into images.
+Nothing here knows how a sampler or a guidance works: each is a function or a wrapper over the denoiser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from minisd.diffusion.guidance import ClassifierFreeGuidance
+from minisd.diffusion.inpainting import InpaintingDenoiser
+from minisd.diffusion.samplers import check_sampler_args
+from minisd.diffusion.samplers import sample as run_sampler
+from minisd.errors import ConfigError
+from minisd.models.latent_diffusion import LatentDiffusion
+from minisd.nn.attention import record_cross_attention
+from minisd.pipelines.inputs import image_to_tensor, mask_to_tensor
+
+MAX_STEPS = 1000
+DEFAULT_IMG2IMG_STRENGTH = 0.8  # diffusers' default: keeps the layout, redraws the details
+
+
+@dataclass
+class PipelineOutput:
+    """What a pipeline call returns: ``images`` (PIL images, or a tensor ``(N, C, H, W)`` in [0, 1] with
+    ``output_type="pt"``), the ``settings`` it ran with, and with ``return_attention=True`` the cross-attention
+    maps ``(steps, N, L, h, w)`` of each prompt token over the latent grid, with the ``tokens`` they belong to."""
+
+    images: list[Image.Image] | torch.Tensor
+    settings: dict[str, Any]
+    attention_maps: torch.Tensor | None = None
+    tokens: list[list[str]] = field(default_factory=list)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """``(N, C, H, W)`` in [0, 1] -> N PIL images (grey for one channel, RGB for three)."""
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+
+
+def _as_list(prompts: str | list[str], what: str) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ConfigError(f"no {what} given")
+    return prompts
+
+
+def _check_guidance(scale: Any) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
+        raise ConfigError(f"the guidance scale must be a finite number, got {scale!r}")
+    if scale < 0:
+        raise ConfigError(f"the guidance scale must be 0 or more (0: ignore the prompt, 1: plain conditional), "
+                          f"got {scale}")
+    return float(scale)
+
+
+def _check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"the number of steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
+    return steps
+
+
+class TextToImagePipeline:
+    """Text-to-image, image-to-image and inpainting with one :class:`LatentDiffusion` model.
+
+    ``name`` and ``weights_hash`` identify the model in the settings every output carries (and a PNG stores).
+    """
+
+    def __init__(self, model: LatentDiffusion, *, name: str = "model", weights_hash: str = ""):
+        self.model, self.name, self.weights_hash = model.eval(), name, weights_hash
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.model.image_shape
+
+    def to(self, device: str | torch.device) -> TextToImagePipeline:
+        self.model.to(device)
+        return self
+
+    def _image(self, image: Image.Image | torch.Tensor, label: str) -> torch.Tensor:
+        channels, height, width = self.image_shape
+        if isinstance(image, Image.Image):
+            return image_to_tensor(image, size=(height, width), channels=channels, label=label)
+        if image.dim() == 3:
+            image = image[None]
+        if tuple(image.shape[1:]) != self.image_shape:
+            raise ConfigError(f"{label} has shape {tuple(image.shape[1:])}; this model makes {self.image_shape} images")
+        return image.float()
+
+    def _mask(self, mask: Image.Image | torch.Tensor) -> torch.Tensor:
+        _, height, width = self.image_shape
+        if isinstance(mask, Image.Image):
+            return mask_to_tensor(mask, size=(height, width))
+        mask = mask[None] if mask.dim() == 3 else mask
+        if tuple(mask.shape[-2:]) != (height, width):
+            raise ConfigError(f"the mask is {tuple(mask.shape[-2:])}; this model makes {height}x{width} images")
+        return (mask >= 0.5).float()
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                 num_inference_steps: int = 20, guidance_scale: float | None = None, sampler: str | None = None,
+                 generator: torch.Generator | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
+                 callback: Callable[[dict[str, Any]], None] | None = None,
+                 image: Image.Image | torch.Tensor | None = None, strength: float | None = None,
+                 mask_image: Image.Image | torch.Tensor | None = None, return_attention: bool = False,
+                 **sampler_args: Any) -> PipelineOutput:
+        """Images for ``prompt`` (one or a list; ``num_images_per_prompt`` each, in prompt order).
+
+        ``negative_prompt``: what the unconditional branch of classifier-free guidance is conditioned on (one,
+        or one per prompt); ``guidance_scale`` (default: the model's): 0 ignores the prompt, 1 is the plain
+        conditional model, more follows the prompt harder (Luo (2022), section "Classifier-Free Guidance").
+        ``image``: an init image ``(C, H, W)``/``(1, C, H, W)`` tensor in [0, 1] or a PIL image, redrawn from
+        ``strength`` (default 0.8; 1 redraws everything); with ``mask_image`` (white = repaint) only the
+        masked region is redrawn (``strength`` default 1). ``callback`` gets, after every step, a dict with
+        ``step``, ``t``, ``latents`` and ``x0_preview`` (the current estimate of the images, decoded).
+        """
+        model = self.model
+        prompts = _as_list(prompt, "prompt")
+        negatives = [""] * len(prompts) if negative_prompt is None else _as_list(negative_prompt, "negative prompt")
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ConfigError(f"{len(negatives)} negative prompts for {len(prompts)} prompts: give one, or one each")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
+                or num_images_per_prompt < 1:
+            raise ConfigError(f"num_images_per_prompt must be a whole number, at least 1, got {num_images_per_prompt!r}")
+        if output_type not in ("pil", "pt"):
+            raise ConfigError(f"output_type is 'pil' or 'pt', not {output_type!r}")
+        steps = _check_steps(num_inference_steps)
+        scale = _check_guidance(model.guidance_scale if guidance_scale is None else guidance_scale)
+        sampler = sampler or model.sampler
+        check_sampler_args(sampler, **sampler_args)
+        if mask_image is not None and image is None:
+            raise ConfigError("inpainting needs the image to repaint (image=) as well as the mask")
+        if strength is None:
+            strength = 1.0 if mask_image is not None else DEFAULT_IMG2IMG_STRENGTH
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ConfigError(f"strength must lie in (0, 1] (1 redraws everything), got {strength!r}")
+
+        repeat = num_images_per_prompt
+        n = len(prompts) * repeat
+        cond = model.encode_prompts([p for p in prompts for _ in range(repeat)])  # checks every prompt
+        uncond = model.encode_prompts([p for p in negatives for _ in range(repeat)])
+        denoiser = ClassifierFreeGuidance(model.diffusion.denoiser, scale, uncond)
+        x_start = None
+        if image is not None:
+            pixels = self._image(image, "the init image").to(self.device)
+            pixels = pixels.expand(n, -1, -1, -1) if len(pixels) == 1 else pixels
+            if len(pixels) != n:
+                raise ConfigError(f"{len(pixels)} init images for {n} images: give one, or one per image")
+            x_start = model.autoencoder.encode(pixels)
+            if mask_image is not None:
+                mask = self._mask(mask_image).to(self.device)
+                # A latent cell is repainted if any pixel it covers is: the autoencoder's receptive field
+                # mixes neighbouring pixels, so a partly masked cell cannot be kept as it was.
+                latent_mask = F.adaptive_max_pool2d(mask, x_start.shape[-2:])
+                denoiser = InpaintingDenoiser(denoiser, x_start, latent_mask)
+
+        recorder = record_cross_attention(model.diffusion.denoiser.network) if return_attention else None
+        step_callback = None
+        if callback is not None or recorder is not None:
+            def step_callback(info: dict[str, Any]) -> None:
+                if recorder is not None:
+                    recorder.end_step()
+                if callback is not None:
+                    callback({"step": info["step"], "t": info["t"], "latents": info["x"],
+                              "x0_preview": model.autoencoder.decode(info["x0_pred"])})
+
+        if generator is None:
+            generator = torch.Generator(self.device).manual_seed(torch.seed() % 2**63)
+        try:
+            latents = run_sampler(denoiser, (n, *model.autoencoder.latent_shape), sampler=sampler, steps=steps,
+                                  generator=generator, cond=cond, callback=step_callback, device=self.device,
+                                  x_start=x_start, strength=strength if x_start is not None else 1.0,
+                                  **sampler_args)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        images = model.autoencoder.decode(latents).clamp(0, 1)
+
+        settings = {"prompt": prompts[0] if len(prompts) == 1 else prompts,
+                    "negative_prompt": None if negative_prompt is None else negative_prompt,
+                    "steps": steps, "sampler": sampler, "guidance_scale": scale,
+                    "strength": strength if image is not None else None,
+                    "width": self.image_shape[2], "height": self.image_shape[1], "num_images": n,
+                    "model": self.name, "model_hash": self.weights_hash, **sampler_args}
+        output = PipelineOutput(images=to_pil(images) if output_type == "pil" else images.cpu(), settings=settings)
+        if recorder is not None:
+            output.attention_maps = recorder.maps(n, model.autoencoder.latent_shape[1:])
+            output.tokens = [model.tokenizer.tokens(p) for p in prompts for _ in range(repeat)]
+        return output

@@ -1,0 +1,9 @@
+"""Text for text-to-image: prompts to token ids (:class:`Tokenizer`) and token ids to vectors (:class:`TextEncoder`).
+
+The trained text model, CLIP-style, is :class:`minisd.models.clip.ContrastiveTextImage`.
+"""
+
+from minisd.text.encoder import TextEncoder, TransformerBlock
+from minisd.text.tokenizer import Tokenizer
+
+__all__ = ["Tokenizer", "TextEncoder", "TransformerBlock"]

@@ -1,0 +1,179 @@
+"""One command trains a whole text-to-image model, part by part: ``minisd train --config text2image_mnist``.
+
+    RUN/autoencoder/    stage 1: the latent autoencoder, on the images
+    RUN/text_encoder/   stage 2: the CLIP-style text encoder, on image-caption pairs
+    RUN/unet/           stage 3: the latent diffusion model, on the cached latents of the images and their
+                        captions, with the two parts above frozen
+    RUN/model/          the model folder, ready for ``minisd.load`` and ``minisd generate --model RUN``
+
+Each stage is an ordinary run of the one training loop, with its own checkpoints: after a crash the same
+command resumes the stage it was in and skips the finished ones. A config has a ``[data]`` table and one
+table per stage, each with the ``model`` and ``train`` tables of an ordinary run config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minisd.errors import ConfigError
+from minisd.train.checkpoint import find_checkpoint, read_checkpoint_config
+
+STAGES = ("autoencoder", "text_encoder", "unet")
+STAGE_MODEL_TYPES = {"autoencoder": "latent_autoencoder", "text_encoder": "clip", "unet": "latent_diffusion"}
+MODEL_FOLDER = "model"
+
+
+def is_text_to_image_config(config: dict[str, Any]) -> bool:
+    """A text-to-image config has a table per stage instead of one ``model`` table."""
+    return any(stage in config for stage in STAGES)
+
+
+def stage_config(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The ordinary run config of one stage: its model and train tables, and the shared data table."""
+    section = config.get(stage)
+    if not isinstance(section, dict) or not isinstance(section.get("model", {}), dict):
+        raise ConfigError(f"a text-to-image config needs a [{stage}] table with [{stage}.model] and [{stage}.train]")
+    unknown = set(section) - {"model", "train"}
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)} in [{stage}]; use [{stage}.model] and [{stage}.train]")
+    return {"model": {**section.get("model", {}), "type": STAGE_MODEL_TYPES[stage]},
+            "train": dict(section.get("train", {})), "data": dict(config.get("data", {}))}
+
+
+def validate_text_to_image_config(config: dict[str, Any]) -> None:
+    """Check every stage against the schema before any work: a mistake in stage 3 must not cost stages 1 and 2."""
+    from minisd.train.config import validate_run_config
+
+    unknown = set(config) - {*STAGES, "data"}
+    if unknown:
+        raise ConfigError(f"unknown sections {sorted(unknown)} in a text-to-image config; use data, {', '.join(STAGES)}")
+    for stage in STAGES:
+        validate_run_config(stage_config(config, stage))
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    folder = find_checkpoint(run_dir)
+    return folder is not None and read_checkpoint_config(folder).get("step") == steps
+
+
+def _stage_run(run_config: dict[str, Any], run_dir: Path, **options: Any) -> None:
+    """Train one ordinary stage, resuming it if it was started and skipping it if it is done."""
+    from minisd.train.run import train_from_config
+
+    if _finished(run_dir, run_config["train"]["steps"]):
+        print(f"{run_dir.name}: already trained, kept")
+        return
+    resume = find_checkpoint(run_dir) is not None
+    train_from_config(run_config if not resume else {"train": {"steps": run_config["train"]["steps"]}}, run_dir,
+                      resume=resume, **options)
+
+
+class _WithLatents:
+    """A captioned dataset whose batches also carry each image's cached latent (``batch["latent"]``)."""
+
+    def __init__(self, dataset: Any, latents: torch.Tensor):
+        self.dataset, self.latents = dataset, latents
+        self.name, self.split = dataset.name, dataset.split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, Any]:
+        return {**self.dataset.batch(indices), "latent": self.latents[indices]}
+
+
+def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path, text_encoder_run: Path, *,
+                data_dir: str | None, device: str, progress: bool) -> None:
+    import minisd
+    from minisd.data.captioned import load_captioned
+    from minisd.models.latent_autoencoder import encode_dataset
+    from minisd.models.latent_diffusion import LatentDiffusion
+    from minisd.models.diffusion import DiffusionModel
+    from minisd.train.config import data_config, train_config
+    from minisd.train.loop import train
+
+    config = train_config(run_config)
+    if _finished(run_dir, config.steps):
+        print(f"{run_dir.name}: already trained, kept")
+        return
+    resume = find_checkpoint(run_dir) is not None
+    dataset = data_config(run_config).dataset
+    train_set = load_captioned(dataset, "train", data_dir=data_dir)
+    test_set = load_captioned(dataset, "test", data_dir=data_dir)
+    autoencoder, text_encoder = minisd.load(autoencoder_run), minisd.load(text_encoder_run)
+    settings = {k: v for k, v in run_config["model"].items() if k not in ("type", "unet")}
+    torch.manual_seed(config.seed)
+    unet = DiffusionModel(**{**run_config["model"].get("unet", {}), "image_shape": list(autoencoder.latent_shape),
+                             "context_dim": text_encoder.hparams["text_dim"]})
+    model = LatentDiffusion.from_parts(autoencoder, text_encoder, unet, **settings)
+    if not resume:
+        # Rombach et al. (2022), sec. 4.3.2: rescale the latents to unit variance, which the noise schedule assumes.
+        scale = model.autoencoder.fit_latent_scale(train_set.images[:10_000])
+        print(f"latent scale factor, from the training images: {scale:.4f}")
+    # On resume the checkpoint brings the scale back (it is a buffer of the model) before the cache is made.
+    started = time.perf_counter()
+    if resume:
+        from minisd.train.checkpoint import load as load_checkpoint
+        model.autoencoder.latent_scale.copy_(load_checkpoint(run_dir).autoencoder.latent_scale)
+    latents = {split: encode_dataset(model.autoencoder, data.images, progress=progress)
+               for split, data in (("train", train_set), ("test", test_set))}
+    print(f"encoded {len(train_set) + len(test_set)} images to latents {tuple(latents['train'].shape[1:])} "
+          f"once, in {time.perf_counter() - started:.1f} s")
+    train(model, _WithLatents(train_set, latents["train"]), config, run_dir,
+          run_config={"data": {"dataset": dataset}, "model": run_config["model"]},
+          eval_set=_WithLatents(test_set, latents["test"]), resume=resume, device=device, progress=progress)
+
+
+def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, data_dir: str | None = None,
+                        resume: bool = False, overwrite: bool = False, device: str = "auto",
+                        progress: bool = True) -> Path:
+    """Train the three parts of a text-to-image model in order and write ``run_dir/model``; return its path.
+
+    ``resume=True`` continues a run in ``run_dir``: finished stages are kept, a started one continues from
+    its last checkpoint (its settings must not have changed but for ``train.steps``), and the model folder
+    is written at the end.
+    """
+    import shutil
+
+    import minisd
+    from minisd.pipelines import save_model_folder
+    from minisd.pipelines.model_folder import is_model_folder
+
+    validate_text_to_image_config(config)
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                          f"or choose another --out")
+    if resume and not (run_dir / "text2image.json").is_file():
+        raise ConfigError(f"there is no text-to-image run to resume in {run_dir}")
+    if overwrite and run_dir.is_dir():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "text2image.json").write_text(json.dumps(config, indent=2) + "\n")
+    options = {"data_dir": data_dir, "device": device, "progress": progress}
+    seconds = {}
+    for stage in ("autoencoder", "text_encoder"):
+        started = time.perf_counter()
+        _stage_run(stage_config(config, stage), run_dir / stage, **options)
+        seconds[stage] = time.perf_counter() - started
+    started = time.perf_counter()
+    _train_unet(stage_config(config, "unet"), run_dir / "unet", run_dir / "autoencoder", run_dir / "text_encoder",
+                **options)
+    seconds["unet"] = time.perf_counter() - started
+    folder = run_dir / MODEL_FOLDER
+    if is_model_folder(folder):
+        shutil.rmtree(folder)
+    save_model_folder(minisd.load(run_dir / "unet"), folder)
+    timings = run_dir / "timings.json"
+    previous = json.loads(timings.read_text()) if timings.exists() else []
+    timings.write_text(json.dumps([*previous, {"seconds": seconds, "threads": torch.get_num_threads()}], indent=2))
+    print(f"text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
+    return folder
