@@ -117,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.resume and not args.config:
             config = apply_overrides(json.loads((out / "text2image.json").read_text()), args.set)
         train_text_to_image(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
-                            device=args.device, progress=not args.no_progress)
+                            device=args.device, progress=not args.no_progress,
+                            command=" ".join(["minisd", *map(_shell_quote, sys.argv[1:])]))
         return
     result = train_from_config(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                                device=args.device, progress=not args.no_progress)
@@ -125,6 +126,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items())
         print(f"trained {result['step']} steps in {result['seconds']:.0f} s; test: {summary}")
         print(f"checkpoint: {out / 'checkpoint'}   metrics: {out / 'metrics.jsonl'}")
+
+
+def _shell_quote(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
 
 
 def _load(args: argparse.Namespace):

@@ -13,6 +13,10 @@ repeat the class). Slant alone has fixed angles, the same for every class (see S
 
     measures = measure_digit(images)            # images (N, 1, 28, 28) in [0, 1]
     bins = attribute_bins(measures, labels, DIGIT_THRESHOLDS)   # {"thickness": (N,) int64 in {0, 1, 2}, ...}
+    bins = digit_attribute_bins(images, labels)                 # the same, in one call
+
+Measures are in pixels of a 28x28 image, as the thresholds are: score a generated image of another
+size after resizing it to 28x28.
 """
 
 from __future__ import annotations
@@ -144,7 +148,7 @@ def tercile_thresholds(
 ) -> dict[str, tuple[tuple[float, float], ...]]:
     """Per class, the 1/3 and 2/3 quantiles of each measure: ``{name: ((low, high) for each class)}``.
 
-    How DIGIT_THRESHOLDS and CLOTHING_THRESHOLDS were made, from the train split, rounded to 2 decimals.
+    How DIGIT_THRESHOLDS and CLOTHING_THRESHOLDS were made, from the train split (kept to 3 decimals).
     """
     quantiles = torch.tensor([1 / 3, 2 / 3])
     thresholds = {}

@@ -57,8 +57,8 @@ class CaptionedDataset(ImageDataset):
     def captions(self, indices: torch.Tensor, *, templates: str = "train") -> list[str]:
         """One caption per index of ``indices`` (B,), from the "train" or the "heldout" templates."""
         indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        return self.grammar.render(self.labels[indices], {key: value[indices] for key, value in self.attributes.items()},
-                                   templates)
+        attributes = {key: value[indices] for key, value in self.attributes.items()}
+        return self.grammar.render(self.labels[indices], attributes, templates)
 
     def batch(self, indices: torch.Tensor) -> dict[str, Any]:
         """``{"image": (B, C, H, W), "label": (B,), "caption": list of B str}`` for ``indices`` (B,)."""
@@ -128,7 +128,8 @@ def load_captioned(
         return dataset
     if name in ("mnist", "fashion-mnist"):
         plain = load_dataset(name, split, data_dir=data_dir)
-        images, labels = plain.images[:num_images], plain.labels[:num_images]
+        # Copies, so that keeping a few images does not keep the whole split's memory alive.
+        images, labels = plain.images[:num_images].clone(), plain.labels[:num_images].clone()
         measure, grammar = ((digit_attribute_bins, DIGIT_GRAMMAR) if name == "mnist"
                             else (clothing_attribute_bins, CLOTHING_GRAMMAR))
         return CaptionedDataset(_resized(images, size or images.shape[-1]), labels, plain.classes, name, split,

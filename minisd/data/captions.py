@@ -281,7 +281,8 @@ class ClassCaptionGrammar:
             for label in range(self.num_classes):
                 for round_index in range(rounds):
                     said = [(name, *ways[round_index % len(ways)]) for name, ways in ways_to_say.items()]
-                    captions.add(self._fill(template, label, said, (round_index % class_synonyms + 0.5) / class_synonyms))
+                    class_uniform = (round_index % class_synonyms + 0.5) / class_synonyms
+                    captions.add(self._fill(template, label, said, class_uniform))
         return sorted(captions)
 
     def parse(self, prompt: str) -> dict[str, int | None]:

@@ -51,35 +51,39 @@ class GivenCaptions:
 
 def _captions_from_metadata(folder: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """(file name, caption) for each usable line of ``metadata.jsonl``; bad lines go to ``skipped``."""
+    try:
+        lines = (folder / METADATA_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {folder / METADATA_FILE} ({err}); write it as UTF-8 JSON lines") from None
     pairs = []
-    with open(folder / METADATA_FILE, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{METADATA_FILE} line {number}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                skipped.append((where, f"not JSON ({err.msg})"))
-                continue
-            file_name = entry.get("file_name") if isinstance(entry, dict) else None
-            if not isinstance(file_name, str) or not file_name:
-                skipped.append((where, 'no "file_name"'))
-            elif not isinstance(entry.get("text"), str) or not entry["text"].strip():
-                skipped.append((file_name, f'no caption ("text" missing or empty on {where})'))
-            else:
-                pairs.append((file_name, entry["text"].strip()))
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{METADATA_FILE} line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            skipped.append((where, f"not JSON ({err.msg})"))
+            continue
+        file_name = entry.get("file_name") if isinstance(entry, dict) else None
+        if not isinstance(file_name, str) or not file_name:
+            skipped.append((where, 'no "file_name"'))
+        elif not isinstance(entry.get("text"), str) or not entry["text"].strip():
+            skipped.append((file_name, f'no caption ("text" missing or empty on {where})'))
+        else:
+            pairs.append((file_name, entry["text"].strip()))
     return pairs
 
 
 def _captions_from_text_files(folder: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """(file name, caption) for each image with a readable, non-empty ``.txt`` beside it."""
     pairs = []
-    images = {path.stem: path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES}
+    images = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    stems = {path.stem for path in images}
     for caption_file in sorted(folder.glob("*.txt")):
-        if caption_file.stem not in images:
+        if caption_file.stem not in stems:
             skipped.append((caption_file.name, "a caption with no image beside it"))
-    for stem, path in sorted(images.items()):
+    for path in images:
         caption_file = path.with_suffix(".txt")
         try:
             text = caption_file.read_text(encoding="utf-8").strip()
@@ -135,15 +139,15 @@ def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) 
     images, texts = [], []
     for file_name, text in pairs:
         try:
-            images.append(_read_image(folder / file_name, size, _MODES[channels]))
+            pixels = _read_image(folder / file_name, size, _MODES[channels])
         except FileNotFoundError:
             skipped.append((file_name, "file not found"))
-            continue
         except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as err:
             # PIL reports a damaged file with any of these, depending on the format and the damage
             skipped.append((file_name, f"cannot read the image ({err})"))
-            continue
-        texts.append(text)
+        else:
+            images.append(pixels)
+            texts.append(text)
 
     report = f"read {len(images)} images with captions from {folder}; skipped {len(skipped)}"
     if skipped:
@@ -157,7 +161,7 @@ def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) 
 
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
     dataset = CaptionedDataset(
-        pixels.contiguous(), torch.zeros(len(images), dtype=torch.long), ["image"], folder.name or str(folder), "all",
+        pixels, torch.zeros(len(images), dtype=torch.long), ["image"], folder.name or str(folder), "all",
         attributes={"caption_index": torch.arange(len(texts))}, grammar=GivenCaptions(texts),
     )
     dataset.skipped = skipped

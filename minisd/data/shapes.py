@@ -76,7 +76,7 @@ POSITION_MENTION_PROBABILITY = 0.8
 _CELL_CENTRES = (7.0, 16.0, 25.0)  # the 3x3 grid's rows and columns; pairs use the outer two
 _JITTER = 1.0                       # each centre moves up to this much either way, for variety
 _RADIUS = (3.5, 5.5)                # small, large: the circle's radius; other shapes match its extent
-_PAIR_CELLS = {                     # relation -> (object 0's (row, column), object 1's), row/column "*" = shared
+_PAIR_CELLS = {                     # relation -> (row, column) of object 0, of object 1; None: the shared one
     0: ((None, 0), (None, 2)),      # left of: same row, columns left and right
     1: ((None, 2), (None, 0)),      # right of
     2: ((0, None), (2, None)),      # above: same column, rows top and bottom
@@ -117,7 +117,7 @@ def _draw(attributes: Mapping[str, torch.Tensor], size: int, chunk: int = 4096) 
     centre, shape, colour, scale = attributes["centre"], attributes["shape"], attributes["colour"], size / 32
     radius = torch.tensor(_RADIUS)[attributes["size"].clamp_min(0)] * scale
     palette = torch.tensor([COLOUR_RGB[name] for name in COLOURS])
-    pixel = (torch.arange(size, dtype=torch.float32) + 0.5)  # pixel centres
+    pixel = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres
     images = torch.zeros(len(shape), 3, size, size)
     for start in range(0, len(shape), chunk):
         rows = slice(start, start + chunk)
@@ -129,14 +129,16 @@ def _draw(attributes: Mapping[str, torch.Tensor], size: int, chunk: int = 4096) 
             dx = pixel.view(1, 1, -1) - where[:, 0].view(-1, 1, 1)
             dy = pixel.view(1, -1, 1) - where[:, 1].view(-1, 1, 1)
             dx, dy = torch.broadcast_tensors(dx, dy)
-            distance = _signed_distance(shape[rows, slot][present], dx, dy, radius[rows, slot][present].view(-1, 1, 1))
-            coverage = (0.5 - distance).clamp_(0, 1)
+            object_radius = radius[rows, slot][present].view(-1, 1, 1)
+            coverage = (0.5 - _signed_distance(shape[rows, slot][present], dx, dy, object_radius)).clamp_(0, 1)
             ink = coverage.unsqueeze(1) * palette[colour[rows, slot][present]].view(-1, 3, 1, 1)
             images[rows][present] += ink  # objects never overlap, so adding is painting
     return images.clamp_(0, 1)
 
 
-def _sample_attributes(num_images: int, generator: torch.Generator, max_objects: int, size: int) -> dict[str, torch.Tensor]:
+def _sample_attributes(
+    num_images: int, generator: torch.Generator, max_objects: int, size: int
+) -> dict[str, torch.Tensor]:
     """Random objects for ``num_images`` images: the attribute tensors of the module docstring."""
     def draw(high: int, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randint(high, shape, generator=generator)
@@ -209,11 +211,13 @@ class ShapesCaptionGrammar:
         check_template_set(templates)
         # Draws per image: template, size said (x2), position said, then 3 synonyms per object and 2 more.
         uniforms = torch.rand(len(labels), 12).tolist()
-        columns = [attributes[key].tolist() for key in ("num_objects", "shape", "colour", "size", "position", "relation")]
+        keys = ("num_objects", "shape", "colour", "size", "position", "relation")
+        columns = [attributes[key].tolist() for key in keys]
         captions = []
         for (count, shapes, colours, sizes, positions, relation), draw in zip(zip(*columns), uniforms):
-            said_sizes = [size if draw[1 + slot] < SIZE_MENTION_PROBABILITY else None for slot, size in enumerate(sizes)]
-            objects = [_object_phrase(shapes[slot], colours[slot], said_sizes[slot], draw[4 + 3 * slot: 7 + 3 * slot])
+            objects = [_object_phrase(shapes[slot], colours[slot],
+                                      sizes[slot] if draw[1 + slot] < SIZE_MENTION_PROBABILITY else None,
+                                      draw[4 + 3 * slot: 7 + 3 * slot])
                        for slot in range(count)]
             template = pick(SHAPES_TEMPLATES[templates][count], draw[0])
             position = pick(POSITION_WORDS[positions[0]], draw[10]) if draw[3] < POSITION_MENTION_PROBABILITY else ""
@@ -257,7 +261,7 @@ _RELATION_PATTERN = phrase_pattern(list(_RELATION_INDEX))
 
 
 def _parse_object(text: str, prompt: str) -> dict[str, int | None]:
-    parsed: dict[str, int | None] = {"shape": None, "colour": None, "size": None, "position": None, "relation": None}
+    parsed: dict[str, int | None] = dict.fromkeys(("shape", "colour", "size", "position", "relation"))
     for match in _OBJECT_PATTERN.finditer(text):
         attribute, index = _OBJECT_WORDS[match.group()]
         set_once(parsed, attribute, index, prompt, match.group())
@@ -297,7 +301,8 @@ def shapes_prompt(objects: Sequence[Mapping[str, int | None]]) -> str:
     template = SHAPES_TEMPLATES["train"][len(objects)][0]
     if len(objects) == 1:
         position = objects[0].get("position")
-        return tidy(template.format(object=phrases[0], position="" if position is None else POSITION_WORDS[position][0]))
+        said = "" if position is None else POSITION_WORDS[position][0]
+        return tidy(template.format(object=phrases[0], position=said))
     relation = objects[0].get("relation")
     if relation is None:
         raise ConfigError("two objects need object 0's 'relation' (an index into RELATIONS)")

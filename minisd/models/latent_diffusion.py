@@ -100,14 +100,15 @@ class LatentDiffusion(Model):
                              "train it with `minisd train --config text2image_mnist` (minisd.train.text_to_image)")
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def encode_prompts(self, prompts: list[str], *, allow_empty: bool = False) -> dict[str, torch.Tensor]:
         """The conditioning dict of ``prompts``: ``context`` ``(B, L, D)``, the text encoder's per-token embeddings,
-        and ``context_mask`` ``(B, L)``. The empty prompt "" is the unconditional branch's condition."""
-        context, mask = self.text_encoder.encode_text(list(prompts), allow_empty=True)
+        and ``context_mask`` ``(B, L)``. With ``allow_empty``, the empty prompt "" (the unconditional branch's
+        condition, as conditioning dropout trained it) is allowed; a user's empty prompt is refused."""
+        context, mask = self.text_encoder.encode_text(list(prompts), allow_empty=allow_empty)
         return {"context": context, "context_mask": mask}
 
     def condition(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.encode_prompts(batch["caption"])
+        return self.encode_prompts(batch["caption"], allow_empty=True)
 
     def drop_captions(self, captions: list[str]) -> list[str]:
         """Conditioning dropout (Ho & Salimans 2022): each caption becomes "" with probability ``p_uncond``."""
@@ -123,5 +124,5 @@ class LatentDiffusion(Model):
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         captions = self.drop_captions(batch["caption"]) if self.training else batch["caption"]
-        loss = self.diffusion.loss_on(self.latents(batch), self.encode_prompts(captions)).mean()
+        loss = self.diffusion.loss_on(self.latents(batch), self.encode_prompts(captions, allow_empty=True)).mean()
         return loss, {"loss": loss.item()}

@@ -36,9 +36,11 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / INDEX).is_file()
 
 
-def save_model_folder(model: LatentDiffusion, folder: str | os.PathLike, *, card: str | None = None) -> Path:
+def save_model_folder(model: LatentDiffusion, folder: str | os.PathLike, *, data: dict | None = None,
+                      card: str | None = None) -> Path:
     """Write ``model`` as a model folder (see the module docstring); ``folder`` must not exist yet. Written into a
-    temporary sibling and renamed, so a crash leaves no half-written model under the name."""
+    temporary sibling and renamed, so a crash leaves no half-written model under the name. ``data``: the data
+    table it was trained on (``{"dataset": "mnist"}``), kept in the index so evaluations know the test set."""
     folder = Path(folder)
     if folder.exists():
         raise CheckpointError(f"{folder} already exists; a model folder is written only where none is")
@@ -51,7 +53,7 @@ def save_model_folder(model: LatentDiffusion, folder: str | os.PathLike, *, card
             parts[name] = {"type": getattr(model, attribute).model_type,
                            "config_sha256": hashlib.sha256((part / "config.json").read_bytes()).hexdigest()}
         index = {"_class_name": "LatentDiffusion", "minisd_version": __version__, "parts": parts,
-                 "model": {key: model.hparams[key] for key in _OWN_SETTINGS}}
+                 "model": {key: model.hparams[key] for key in _OWN_SETTINGS}, "data": data or {}}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         if card is not None:
             (tmp / "README.md").write_text(card)
@@ -73,6 +75,11 @@ def _read_index(folder: Path) -> dict:
     if missing:
         raise CheckpointError(f"{folder / INDEX} names no {', '.join(sorted(missing))}: the model folder is incomplete")
     return index
+
+
+def read_model_index(folder: str | os.PathLike) -> dict:
+    """The ``model_index.json`` of a model folder: its parts, settings and ``data`` table."""
+    return _read_index(Path(folder))
 
 
 def model_hash(folder: str | os.PathLike) -> str:

@@ -162,7 +162,8 @@ class TextToImagePipeline:
         repeat = num_images_per_prompt
         n = len(prompts) * repeat
         cond = model.encode_prompts([p for p in prompts for _ in range(repeat)])  # checks every prompt
-        uncond = model.encode_prompts([p for p in negatives for _ in range(repeat)])
+        # An empty negative prompt is no negative prompt: the empty text the unconditional branch trained on.
+        uncond = model.encode_prompts([p for p in negatives for _ in range(repeat)], allow_empty=True)
         denoiser = ClassifierFreeGuidance(model.diffusion.denoiser, scale, uncond)
         x_start = None
         if image is not None:

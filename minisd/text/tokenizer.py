@@ -150,6 +150,12 @@ class Tokenizer:
         mask = torch.tensor([encoding.attention_mask for encoding in encodings], dtype=torch.bool)
         return ids, mask
 
+    def tokens(self, prompt: str) -> list[str]:
+        """The tokens of ``prompt`` as the encoder sees them, ``[BOS]`` first, padding left out: the labels of the
+        positions of :meth:`__call__`'s ids (for attention maps)."""
+        encoding = self._tokenizer.encode(prompt)
+        return [token for token, real in zip(encoding.tokens, encoding.attention_mask) if real]
+
     def unknown_words(self, prompt: str) -> list[str]:
         """The words of ``prompt`` (as written) that the vocabulary lacks and that become ``[UNK]``, for a warning.
 

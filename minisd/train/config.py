@@ -72,8 +72,9 @@ class TrainConfig:
 class DataConfig:
     """Which dataset a run trains on, and how its pixels are presented."""
 
-    dataset: str = "mnist"      # one of minisd.data.DATASETS
+    dataset: str = "mnist"      # one of minisd.data.DATASETS, or "shapes" (captioned, made on the fly)
     binarize: bool = False      # Bernoulli pixels drawn afresh every step (dynamic binarisation)
+    num_images: int | None = _setting(None, AT_LEAST_ONE)  # keep only the first N images of each split
 
     def __post_init__(self) -> None:
         from minisd.data import DATASETS

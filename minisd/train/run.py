@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from minisd.data import DATASETS, load_dataset
+from minisd.data import DATASETS, ImageDataset, load_dataset
 from minisd.errors import ConfigError
 from minisd.models import build_model
 from minisd.outputs import check_can_create
@@ -49,14 +49,17 @@ def resume_config(run_dir: str | os.PathLike, requested: dict[str, Any] | None =
     return config
 
 
-def _load_split(dataset: str, split: str, model: dict[str, Any], data_dir: str | None):
-    """One split of the run's data: with captions when the model reads them (or the data is made with them)."""
+def _load_split(dataset: str, split: str, model: dict[str, Any], data_dir: str | None, num_images: int | None):
+    """One split of the run's data (its first ``num_images``, if given): with captions when the model reads
+    them, or when the data is made with them (shapes)."""
     from minisd.data.captioned import load_captioned
     from minisd.models import MODELS
 
     if getattr(MODELS[model["type"]], "needs_captions", False) or dataset not in DATASETS:
-        return load_captioned(dataset, split, data_dir=data_dir)
-    return load_dataset(dataset, split, data_dir=data_dir)
+        return load_captioned(dataset, split, data_dir=data_dir, num_images=num_images)
+    data = load_dataset(dataset, split, data_dir=data_dir)
+    return data if num_images is None else ImageDataset(data.images[:num_images], data.labels[:num_images],
+                                                        data.classes, data.name, split)
 
 
 def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *, data_dir: str | None = None,
@@ -87,7 +90,8 @@ def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *,
         check_can_create(run_dir, "run folder")
     config = train_config(run_config)
     data = asdict(data_config(run_config))
-    train_set, test_set = (_load_split(data["dataset"], split, run_config["model"], data_dir) for split in ("train", "test"))
+    train_set, test_set = (_load_split(data["dataset"], split, run_config["model"], data_dir, data["num_images"])
+                           for split in ("train", "test"))
     model_config = {**run_config["model"], "image_shape": list(train_set.image_shape)}
     torch.manual_seed(config.seed)  # the same config starts from the same initial weights
     model = build_model(model_config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,10 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
         print(f"{run_dir.name}: already trained, kept")
         return
     resume = find_checkpoint(run_dir) is not None
-    dataset = data_config(run_config).dataset
-    train_set = load_captioned(dataset, "train", data_dir=data_dir)
-    test_set = load_captioned(dataset, "test", data_dir=data_dir)
+    data = data_config(run_config)
+    dataset = data.dataset
+    train_set, test_set = (load_captioned(dataset, split, data_dir=data_dir, num_images=data.num_images)
+                           for split in ("train", "test"))
     autoencoder, text_encoder = minisd.load(autoencoder_run), minisd.load(text_encoder_run)
     settings = {k: v for k, v in run_config["model"].items() if k not in ("type", "unet")}
     torch.manual_seed(config.seed)
@@ -126,13 +128,33 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
     print(f"encoded {len(train_set) + len(test_set)} images to latents {tuple(latents['train'].shape[1:])} "
           f"once, in {time.perf_counter() - started:.1f} s")
     train(model, _WithLatents(train_set, latents["train"]), config, run_dir,
-          run_config={"data": {"dataset": dataset}, "model": run_config["model"]},
+          run_config={"data": {"dataset": dataset, "num_images": data.num_images}, "model": run_config["model"]},
           eval_set=_WithLatents(test_set, latents["test"]), resume=resume, device=device, progress=progress)
+
+
+def _model_card(run_dir: Path, command: str | None, timings: list[dict[str, Any]]) -> str:
+    """The model card: how the model was trained (the command, the time per stage on this machine) and what each
+    stage reached on its test split."""
+    lines = [f"# {run_dir.resolve().name}", "", "A minisd text-to-image model (chapter \"Stable Diffusion\").", "",
+             "## How it was trained", "", "```", command or "(trained from Python)", "```", ""]
+    total = sum(sum(t["seconds"].values()) for t in timings)
+    for i, timing in enumerate(timings):
+        parts = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timing["seconds"].items())
+        lines.append(f"- session {i + 1}: {parts} ({timing['threads']} CPU threads, {timing['cpu']})")
+    lines += [f"- total: **{total / 60:.1f} minutes**", "", "## What each part reached (test split)", ""]
+    for stage in STAGES:
+        metrics = [json.loads(line) for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()
+                   if line.strip().startswith("{")] if (run_dir / stage / "metrics.jsonl").exists() else []
+        evals = [m for m in metrics if any(k.startswith("eval/") for k in m)]
+        if evals:
+            shown = ", ".join(f"{k[5:]} {v:.4g}" for k, v in evals[-1].items() if k.startswith("eval/"))
+            lines.append(f"- {stage} (step {evals[-1]['step']}): {shown}")
+    return "\n".join(lines) + "\n"
 
 
 def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, data_dir: str | None = None,
                         resume: bool = False, overwrite: bool = False, device: str = "auto",
-                        progress: bool = True) -> Path:
+                        progress: bool = True, command: str | None = None) -> Path:
     """Train the three parts of a text-to-image model in order and write ``run_dir/model``; return its path.
 
     ``resume=True`` continues a run in ``run_dir``: finished stages are kept, a started one continues from
@@ -168,12 +190,14 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     _train_unet(stage_config(config, "unet"), run_dir / "unet", run_dir / "autoencoder", run_dir / "text_encoder",
                 **options)
     seconds["unet"] = time.perf_counter() - started
+    timings_file = run_dir / "timings.json"
+    timings = [*(json.loads(timings_file.read_text()) if timings_file.exists() else []),
+               {"seconds": seconds, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}]
+    timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     folder = run_dir / MODEL_FOLDER
     if is_model_folder(folder):
         shutil.rmtree(folder)
-    save_model_folder(minisd.load(run_dir / "unet"), folder)
-    timings = run_dir / "timings.json"
-    previous = json.loads(timings.read_text()) if timings.exists() else []
-    timings.write_text(json.dumps([*previous, {"seconds": seconds, "threads": torch.get_num_threads()}], indent=2))
+    save_model_folder(minisd.load(run_dir / "unet"), folder, data=read_checkpoint_config(run_dir / "unet")["data"],
+                      card=_model_card(run_dir, command, timings))
     print(f"text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
     return folder
