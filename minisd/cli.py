@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from minisd.errors import MinisdError
@@ -181,152 +180,56 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(save_image_grid(images, out, overwrite=args.overwrite))
 
 
-def _dataset_name(config: dict, checkpoint: str) -> str:
-    """The dataset a checkpoint was trained on, as its ``config.json`` names it."""
-    dataset = config.get("data", {}).get("dataset")
-    if not isinstance(dataset, str):
-        raise MinisdError(f"the config.json of {checkpoint} names no dataset (data.dataset), so minisd cannot "
-                          f"tell which test images belong to it")
-    return dataset
+def _given_options(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """The command-line spellings of the options among ``names`` (attribute names) that were given."""
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
 
 
-def _evaluation_set(config: dict, split: str, args: argparse.Namespace):
-    """The evaluation images exactly as training evaluated them (binarised once, with seed 0, if the run binarised)."""
-    from minisd.data import binarized_once, load_dataset
-
-    dataset = load_dataset(_dataset_name(config, args.checkpoint), split, data_dir=args.data_dir)
-    return binarized_once(dataset) if config["data"].get("binarize") else dataset
-
-
-def _report_latent_likelihood(model, images, args, results: dict) -> None:
-    """ELBO and the importance-weighted bound of a VAE-family model, in nats per image."""
-    from minisd.eval import evaluate_likelihood
-
-    elbo = evaluate_likelihood(model, images, num_samples=1, batch_size=args.batch_size, seed=args.seed)
-    results["elbo_nats"] = -elbo["nll_nats"]
-    results["elbo_bits_per_dim"] = -elbo["bits_per_dim"]
-    print(f"{args.split} ELBO: {results['elbo_nats']:.2f} nats per image "
-          f"({-results['elbo_bits_per_dim']:.4f} bits/dim as an NLL bound), {len(images)} images")
-    k = args.num_samples or 1000
-    if k > 1:
-        iwae = evaluate_likelihood(model, images, num_samples=k, batch_size=args.batch_size, seed=args.seed,
-                                   progress=not args.no_progress)
-        results[f"log_likelihood_iwae_k{k}_nats"] = -iwae["nll_nats"]
-        results["nll_bits_per_dim"] = iwae["bits_per_dim"]
-        print(f"{args.split} log p(x) >= {-iwae['nll_nats']:.2f} nats per image "
-              f"(importance-weighted, K = {k}); NLL {iwae['bits_per_dim']:.4f} bits/dim")
-
-
-def _report_diffusion_bound(model, images, args, results: dict) -> None:
-    """The variational bound of a diffusion model on 8-bit images, in bits per dimension, and its three terms."""
-    import math
-
-    from minisd.eval import evaluate_likelihood
-
-    k = args.num_samples or 1
-    bound = evaluate_likelihood(model, images, num_samples=k, batch_size=args.batch_size, seed=args.seed,
-                                progress=not args.no_progress, num_steps=args.bound_steps)
-    results["nll_bound_bits_per_dim"] = bound["bits_per_dim"]
-    results["nll_bound_nats"] = bound["nll_nats"]
-    results["bound_time"] = "continuous" if args.bound_steps is None else f"discrete, T = {args.bound_steps}"
-    per_dim = math.log(2) * images[0].numel()
-    terms = {term: bound[term] / per_dim for term in ("prior", "reconstruction", "diffusion")}
-    results.update({f"{term}_bits_per_dim": value for term, value in terms.items()})
-    print(f"{args.split} NLL <= {bound['bits_per_dim']:.4f} bits/dim ({results['bound_time']} variational bound, "
-          f"8-bit images, {k} estimate(s) per image), {len(images)} images; terms in bits/dim: "
-          + ", ".join(f"{term} {value:.4f}" for term, value in terms.items()))
-
-
-def _report_fid(model, config: dict, args, results: dict) -> None:
-    """FID on our classifier's features between model samples and test images, and the samples' class balance."""
-    import torch
-
+def _eval_text_to_image(args: argparse.Namespace, folder: Path) -> None:
+    """Prompt adherence of a text-to-image model (see :func:`minisd.eval.report.evaluate_text_to_image`)."""
     import minisd
-    from minisd.data import load_dataset
-    from minisd.eval import class_balance, fid
-    from minisd.sampling import draw_samples
+    from minisd.eval.report import check_adherence_request, evaluate_text_to_image, write_results
+    from minisd.runtime import resolve_device
 
-    dataset = _dataset_name(config, args.checkpoint)
-    sampler_args = _sampler_args(args, model)
-    classifier = minisd.load(args.fid_classifier, device=model.device)
-    test_set = load_dataset(dataset, "test", data_dir=args.data_dir)
-    start_time = time.perf_counter()
-    samples = draw_samples(model, args.fid_samples, generator=torch.Generator(model.device).manual_seed(args.seed),
-                           progress=not args.no_progress, **sampler_args)
-    results["sampling_seconds"] = time.perf_counter() - start_time
-    if model.has_samplers:
-        from minisd.diffusion.samplers import num_evaluations
-
-        results["sampler"] = sampler_args.get("sampler", model.sampler)
-        results["sampler_steps"] = sampler_args.get("steps", model.sample_steps)
-        results["sampler_evaluations"] = num_evaluations(results["sampler"], results["sampler_steps"])
-        results.update({f"sampler_{k}": v for k, v in sampler_args.items() if k in ("spacing", "eta")})
-    name = {"mnist": "FID-MNIST", "fashion-mnist": "FID-Fashion"}.get(dataset, f"FID-{dataset}")
-    results[name] = fid(classifier, samples, test_set.images[:args.fid_samples])
-    results.update({f"classes_{k}": v for k, v in class_balance(classifier, samples, test_set.labels).items()})
-    how = (f" by {results['sampler']} in {results['sampler_steps']} steps ({results['sampler_evaluations']} "
-           f"denoiser evaluations)" if model.has_samplers else "")
-    print(f"{name}: {results[name]:.3f} ({args.fid_samples} samples{how} against as many test images; Frechet distance "
-          f"on minisd's own classifier features, not Inception FID); class balance: "
-          f"total variation from the test labels {results['classes_tv_from_test']:.3f}")
-
-
-def _check_eval_request(config: dict, args: argparse.Namespace) -> None:
-    """Everything ``minisd eval`` can check before it loads the model and starts the long work."""
-    from minisd.models import MODELS
-    from minisd.models.base import LatentVariableModel
-    from minisd.outputs import check_writable
-    from minisd.train.checkpoint import read_checkpoint_config
-
-    if not args.fid_classifier and any(v is not None for v in (args.sampler, args.steps, args.spacing, args.eta)):
-        raise MinisdError("--sampler, --steps, --spacing and --eta choose how the FID samples are drawn: "
-                          "pass --fid-classifier too")
-    if args.json:
-        check_writable(args.json, args.overwrite, what="JSON file")
-    model_class = MODELS.get(config["model"].get("type"))
-    if args.bound_steps is not None and model_class is not None and issubclass(model_class, LatentVariableModel):
-        raise MinisdError(f"--bound-steps is the number of steps of a diffusion model's bound; "
-                          f"a {config['model']['type']} has none")
-    if args.fid_classifier:
-        from minisd.data import load_dataset
-
-        if model_class is not None and not model_class.can_sample:
-            raise MinisdError(f"a {config['model']['type']} cannot sample, so it has no FID")
-        dataset = _dataset_name(config, args.checkpoint)
-        classifier_dataset = _dataset_name(read_checkpoint_config(args.fid_classifier), args.fid_classifier)
-        if classifier_dataset != dataset:
-            raise MinisdError(f"the classifier was trained on {classifier_dataset}, the model on {dataset}: "
-                              f"FID needs a classifier of the model's dataset")
-        test_images = len(load_dataset(dataset, "test", data_dir=args.data_dir))
-        if args.fid_samples > test_images:
-            raise MinisdError(f"--fid-samples {args.fid_samples}: FID compares as many samples as test images, and "
-                              f"the {dataset} test split has {test_images}")
+    unsupported = _given_options(args, ("fid_classifier", "num_samples", "bound_steps", "skip_likelihood", "limit",
+                                        "spacing", "raw_weights"))
+    sampler_args = {} if args.eta is None else {"eta": args.eta}
+    dataset = check_adherence_request(folder, classifier=args.classifier, json_path=args.json,
+                                      overwrite=args.overwrite, unsupported_options=unsupported, sampler=args.sampler,
+                                      steps=args.steps, **sampler_args)
+    pipe = minisd.load(args.checkpoint, device=resolve_device(args.device))
+    results = evaluate_text_to_image(
+        pipe, dataset, args.classifier, samples_per_prompt=args.samples_per_prompt, steps=args.steps,
+        guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
+        data_dir=args.data_dir, progress=not args.no_progress, **sampler_args)
+    write_results(results, args.json)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from minisd.models.base import LatentVariableModel
-    from minisd.outputs import make_parent
+    from minisd.eval.report import check_eval_request, evaluate_checkpoint, text_to_image_folder, write_results
     from minisd.train.checkpoint import read_checkpoint_config
 
+    folder = text_to_image_folder(args.checkpoint)
+    if folder is not None:
+        _eval_text_to_image(args, folder)
+        return
+    adherence_options = _given_options(args, ("classifier", "samples_per_prompt", "guidance"))
+    if adherence_options:
+        raise MinisdError(f"{', '.join(adherence_options)}: for text-to-image models (prompt adherence); "
+                          f"{args.checkpoint} is not one (for FID pass --fid-classifier)")
     config = read_checkpoint_config(args.checkpoint)
-    _check_eval_request(config, args)
-    start = time.perf_counter()
+    check_eval_request(config, checkpoint=args.checkpoint, fid_classifier=args.fid_classifier,
+                       fid_samples=args.fid_samples, bound_steps=args.bound_steps,
+                       sampler_options_given=bool(_given_options(args, ("sampler", "steps", "spacing", "eta"))),
+                       json_path=args.json, overwrite=args.overwrite, data_dir=args.data_dir)
     model = _load(args)
-    results = {"checkpoint": str(args.checkpoint), "dataset": config.get("data", {}).get("dataset"),
-               "split": args.split, "binarized": bool(config.get("data", {}).get("binarize")),
-               "step": config.get("step")}
-    if not (hasattr(model, "nll") or args.fid_classifier):
-        raise MinisdError(f"a {model.model_type} has no likelihood; for FID pass --fid-classifier")
-    if hasattr(model, "nll") and not args.skip_likelihood:
-        images = _evaluation_set(config, args.split, args).images[:args.limit]
-        report = _report_latent_likelihood if isinstance(model, LatentVariableModel) else _report_diffusion_bound
-        report(model, images, args, results)
-    if args.fid_classifier:
-        _report_fid(model, config, args, results)
-    results["seconds"] = time.perf_counter() - start
-    if args.json:
-        make_parent(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    results = evaluate_checkpoint(
+        model, config, checkpoint=args.checkpoint, split=args.split, num_samples=args.num_samples,
+        bound_steps=args.bound_steps, fid_classifier=args.fid_classifier, fid_samples=args.fid_samples,
+        sampler_args=_sampler_args(args, model) if args.fid_classifier else None,
+        skip_likelihood=args.skip_likelihood, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+        data_dir=args.data_dir, progress=not args.no_progress)
+    write_results(results, args.json)
 
 
 # Which model types each chapter's figures draw.
@@ -366,7 +269,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
             raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")
         from minisd.figures.vae import make_vae_figures
 
-        dataset = _evaluation_set(config, "test", args)
+        from minisd.eval.report import evaluation_set
+
+        dataset = evaluation_set(config, "test", checkpoint=args.checkpoint, data_dir=args.data_dir)
         out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "figures"
         paths = make_vae_figures(_load(args), dataset, out, metrics_path=_run_dir(args.checkpoint) / "metrics.jsonl",
                                  seed=args.seed, overwrite=args.overwrite)
@@ -431,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sample, data=False)
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = checkpoint_command("eval", "ELBO and importance-weighted log-likelihood on a data split")
+    evaluate = checkpoint_command("eval", "likelihood bounds and FID of a generative model; prompt adherence "
+                                          "and FID of a text-to-image model (with --classifier)")
     evaluate.add_argument("--split", choices=["train", "test"], default="test", help="which images to score "
                                                                                    "(default: test)")
     evaluate.add_argument("--num-samples", "-k", type=_positive_int,
@@ -443,9 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "also report FID on its features and the samples' class balance")
     evaluate.add_argument("--fid-samples", type=_positive_int, default=1000, help="samples for FID")
     evaluate.add_argument("--skip-likelihood", action="store_true", help="report FID only")
+    evaluate.add_argument("--classifier", help="text-to-image models: the run of the classifier that reads the samples "
+                                               "(mnist: minisd train --config classifier_mnist; shapes: "
+                                               "attributes_shapes); reports prompt adherence and FID")
+    evaluate.add_argument("--samples-per-prompt", type=_positive_int,
+                          help="text-to-image models: samples of each prompt (default: 200 for digits, a tenth of "
+                               "that per attribute prompt; 5 for shapes)")
+    evaluate.add_argument("--guidance", type=_non_negative_number,
+                          help="text-to-image models: classifier-free guidance scale (default: the model's)")
     _add_sampler_options(evaluate, purpose="for the FID samples ")
     evaluate.add_argument("--batch-size", type=_positive_int, default=100,
-                          help="images per likelihood batch (default 100)")
+                          help="images per likelihood batch, or per sampling call of a text-to-image model "
+                               "(default 100)")
     evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
     _add_common(evaluate)

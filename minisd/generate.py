@@ -21,7 +21,7 @@ DEFAULT_MODEL = "mnist"
 # The settings --from may take from a PNG, and the flag each comes from.
 _FLAG_OF_SETTING = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
                     "sampler": "sampler", "guidance_scale": "guidance", "strength": "strength",
-                    "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model"}
+                    "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model", "eta": "eta"}
 
 
 def model_path(model: str | None) -> Path:
@@ -37,7 +37,8 @@ def model_path(model: str | None) -> Path:
 
 
 def _settings_from_png(args: argparse.Namespace) -> None:
-    """Fill ``args`` from the settings a PNG stores (``--from``); flags given explicitly are kept."""
+    """Fill ``args`` from the settings a PNG stores (``--from``); flags given explicitly are kept (every flag of
+    :data:`_FLAG_OF_SETTING` defaults to None, so an explicit 0, ``--seed 0`` or ``--guidance 0``, is kept too)."""
     from minisd.pipelines.png_settings import check_recorded_inputs, read_settings
 
     settings = read_settings(args.from_png)
@@ -45,7 +46,7 @@ def _settings_from_png(args: argparse.Namespace) -> None:
     if not isinstance(settings.get("prompt"), str):
         raise MinisdError(f"{args.from_png} records no prompt of its own; it cannot be made again")
     for key, flag in _FLAG_OF_SETTING.items():
-        if getattr(args, flag, None) in (None, False) and settings.get(key) is not None:
+        if getattr(args, flag, None) is None and settings.get(key) is not None:
             setattr(args, flag, settings[key])
     if args.n is None:
         args.n = 1
@@ -87,6 +88,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         raise ConfigError("give a prompt, e.g. minisd generate \"a handwritten digit 7\", or --from IMAGE.png")
     if args.n is None:
         args.n = 1
+    if args.seed is None:
+        args.seed = 0
     _check_strength(args)
     outputs = _outputs(args, args.n)
     for out in outputs:  # before the work: a refused path must not cost a generation
@@ -139,7 +142,7 @@ def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: An
     generate.add_argument("--sampler", choices=sampler_choices, metavar="SAMPLER",
                           help="diffusion sampler (default: the model's): %(choices)s")
     generate.add_argument("--eta", type=non_negative, help="noise of ddim / euler_ancestral / dpmpp_2m(_sde)")
-    generate.add_argument("--seed", type=seed, default=0, help="random seed: the same seed gives the same image")
+    generate.add_argument("--seed", type=seed, help="random seed (default 0): the same seed gives the same image")
     generate.add_argument("--n", type=positive_int, help="number of images (default 1), in one grid PNG unless "
                                                          "--separate")
     generate.add_argument("--separate", action="store_true", help="write numbered files OUT-0.png, OUT-1.png ... "

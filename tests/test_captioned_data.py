@@ -22,7 +22,10 @@ from minisd.data.attributes import (
 from minisd.data.captions import (
     CLOTHING_GRAMMAR, DIGIT_GRAMMAR, ClassCaptionGrammar, parse_clothing_prompt, parse_digit_prompt, tidy,
 )
-from minisd.data.shapes import COLOUR_RGB, COLOURS, RELATIONS, SHAPES_GRAMMAR, parse_shapes_prompt, shapes_prompt
+from minisd.data.shapes import (
+    COLOUR_RGB, COLOUR_WORDS, COLOURS, POSITION_WORDS, RELATION_WORDS, RELATIONS, SHAPE_WORDS, SHAPES_GRAMMAR,
+    SIZE_WORDS, parse_shapes_prompt, shapes_prompt,
+)
 from minisd.errors import ConfigError, DataError
 
 REAL_DATA_DIR = Path(os.environ["MINISD_DATA"]).resolve() if os.environ.get("MINISD_DATA") else None
@@ -53,8 +56,9 @@ def shapes() -> CaptionedDataset:
 # ---------------------------------------------------------------- attribute measures
 
 
-def stroke(angle_degrees: float, width: float, length: float = 16.0, shear: float = 0.0, size: int = 28) -> torch.Tensor:
-    """An anti-aliased straight stroke through the centre, (1, 1, size, size); x' = x + shear * y_up."""
+def stroke(angle_degrees: float, width: float, length: float = 16.0, shear: float = 0.0) -> torch.Tensor:
+    """An anti-aliased straight stroke through the centre of a (1, 1, 28, 28) image; x' = x + shear * y_up."""
+    size = 28
     pixel = torch.arange(size, dtype=torch.float32) + 0.5 - size / 2
     y_up, x = -pixel.view(-1, 1), pixel.view(1, -1)
     x = x - shear * y_up  # a shear to the right moves the top of the stroke right
@@ -81,10 +85,10 @@ def test_a_sheared_stroke_measures_slanted_with_the_sign_of_its_lean():
 
 
 def test_a_wider_shape_measures_wider_and_slant_does_not_widen_it():
-    rectangles = torch.zeros(3, 1, 28, 28)
+    rectangles = torch.zeros(2, 1, 28, 28)
     rectangles[0, :, 6:22, 11:17] = 1  # 6 wide
     rectangles[1, :, 6:22, 8:20] = 1   # 12 wide
-    width = measure_digit(rectangles[:2])["width"]
+    width = measure_digit(rectangles)["width"]
     assert torch.allclose(width, torch.tensor([6.0, 12.0]), atol=0.6), width
     upright, leaning = measure_digit(torch.cat([stroke(0, 3), stroke(0, 3, shear=0.5)]))["width"]
     assert abs(leaning - upright) < 0.3, (upright, leaning)
@@ -128,6 +132,12 @@ def test_mnist_captions_say_each_images_own_measured_attributes():
 
 
 # ---------------------------------------------------------------- caption grammars
+
+
+def test_the_grammars_say_exactly_the_measured_attributes():
+    images = torch.rand(2, 1, 28, 28)
+    assert DIGIT_GRAMMAR.attributes == DIGIT_ATTRIBUTES == tuple(measure_digit(images))
+    assert CLOTHING_GRAMMAR.attributes == CLOTHING_ATTRIBUTES == tuple(measure_clothing(images))
 
 
 @pytest.mark.parametrize("grammar", [DIGIT_GRAMMAR, CLOTHING_GRAMMAR], ids=["digits", "clothing"])
@@ -192,7 +202,8 @@ def test_an_unknown_template_set_is_a_config_error():
 
 
 def test_articles_follow_the_sound_of_the_next_word():
-    assert tidy("a  8 and a eight , a one and an 7 and a upright 1") == "an 8 and an eight, a one and a 7 and an upright 1"
+    assert tidy("a  8 and a eight , a one and an 7 and a upright 1") == (
+        "an 8 and an eight, a one and a 7 and an upright 1")
 
 
 def test_a_word_with_two_meanings_is_refused():
@@ -213,7 +224,8 @@ def test_parse_digit_prompt_gives_back_the_class_and_every_said_attribute(templa
             assert parsed[attribute] in (None, dataset.attributes[attribute][index]), caption
             said += parsed[attribute] is not None
     assert said > 100  # the parser reads attribute words, not only classes
-    assert parse_digit_prompt("A thick, slanted handwritten 7") == {"label": 7, "thickness": 2, "slant": 2, "width": None}
+    assert parse_digit_prompt("A thick, slanted handwritten 7") == {
+        "label": 7, "thickness": 2, "slant": 2, "width": None}
     assert parse_digit_prompt("the number seven, slanted to the left") == {
         "label": 7, "thickness": None, "slant": 0, "width": None}
 
@@ -303,6 +315,12 @@ def test_parse_shapes_prompt_gives_back_the_attributes_of_every_caption(shapes, 
         assert parse_shapes_prompt(shapes_prompt(objects)) == objects, caption
 
 
+def test_every_shapes_word_has_one_meaning():
+    tables = (SHAPE_WORDS, COLOUR_WORDS, SIZE_WORDS, POSITION_WORDS, RELATION_WORDS)
+    said = [word for table in tables for words in table for word in words]
+    assert len(said) == len(set(said))
+
+
 def test_shapes_prompt_writes_the_canonical_caption():
     objects = parse_shapes_prompt("a small red circle to the left of a blue square")
     assert objects[0]["relation"] == RELATIONS.index("left of") and objects[1]["size"] is None
@@ -323,18 +341,21 @@ def test_an_image_folder_with_metadata_skips_and_names_missing_and_corrupt_files
     save_png(tmp_path / "red.png")
     save_png(tmp_path / "green.png", colour=(0, 255, 0))
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    save_png(tmp_path / "uncaptioned.png")
     lines = [{"file_name": "red.png", "text": "a red picture"}, {"file_name": "missing.png", "text": "gone"},
-             {"file_name": "corrupt.png", "text": "broken"}, {"file_name": "green.png", "text": "a green picture"}]
-    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+             {"file_name": "corrupt.png", "text": "broken"}, {"file_name": "green.png", "text": "a green picture"},
+             {"file_name": "uncaptioned.png", "text": " "}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n{not json\n")
 
     dataset = load_image_folder(tmp_path, size=16)
 
     assert dataset.images.shape == (2, 3, 16, 16) and dataset.labels.tolist() == [0, 0]
     assert dataset.captions(torch.arange(2)) == ["a red picture", "a green picture"]
     assert torch.allclose(dataset.images[1, :, 8, 8], torch.tensor([0.0, 1.0, 0.0]))
-    assert [name for name, _ in dataset.skipped] == ["missing.png", "corrupt.png"]
+    assert [name for name, _ in dataset.skipped] == ["uncaptioned.png", "metadata.jsonl line 6", "missing.png",
+                                                     "corrupt.png"]
     report = capsys.readouterr().err
-    assert "read 2 images with captions" in report and "skipped 2" in report
+    assert "read 2 images with captions" in report and "skipped 4" in report
     assert "missing.png (file not found)" in report and "corrupt.png (cannot read the image" in report
 
 
@@ -383,6 +404,16 @@ def test_load_captioned_shapes_splits_differ_and_batches_carry_captions():
     assert len(batch["caption"]) == 2 and all(isinstance(caption, str) for caption in batch["caption"])
     item = train[3]
     assert torch.equal(item["image"], train.images[3]) and isinstance(item["caption"], str)
+
+
+def test_load_captioned_reads_a_folder_at_the_size_asked_for(tmp_path):
+    for name in ("a", "b", "c"):
+        save_png(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text(f"picture {name}")
+    with pytest.raises(ConfigError, match="needs size"):
+        load_captioned(str(tmp_path))
+    dataset = load_captioned(str(tmp_path), size=8, num_images=2)
+    assert dataset.images.shape == (2, 3, 8, 8) and dataset.captions(torch.arange(2)) == ["picture a", "picture b"]
 
 
 def test_load_captioned_refuses_an_unknown_name():

@@ -61,8 +61,11 @@ class CaptionedDataset(ImageDataset):
         return self.grammar.render(self.labels[indices], attributes, templates)
 
     def batch(self, indices: torch.Tensor) -> dict[str, Any]:
-        """``{"image": (B, C, H, W), "label": (B,), "caption": list of B str}`` for ``indices`` (B,)."""
-        return {**super().batch(indices), "caption": self.captions(indices)}
+        """``{"image": (B, C, H, W), "label": (B,), "caption": list of B str, "attributes": {name: (B, ...)}}``
+        for ``indices`` (B,). The attributes are what the captions say, for models trained on them."""
+        indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        attributes = {key: value[indices] for key, value in self.attributes.items()}
+        return {**super().batch(indices), "caption": self.captions(indices), "attributes": attributes}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {**super().__getitem__(index), "caption": self.captions(torch.tensor([index]))[0]}

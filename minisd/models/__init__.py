@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from minisd.errors import ConfigError
+from minisd.models.attribute_classifier import AttributeClassifier
 from minisd.models.autoencoder import Autoencoder
 from minisd.models.base import Model
 from minisd.models.classifier import Classifier
@@ -22,7 +23,7 @@ from minisd.models.vae import VAE
 
 MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (
     Autoencoder, VAE, HierarchicalVAE, DiffusionModel, Classifier, NoisyClassifier,
-    LatentAutoencoder, ContrastiveTextImage, LatentDiffusion)}
+    LatentAutoencoder, ContrastiveTextImage, LatentDiffusion, AttributeClassifier)}
 
 
 def check_model_type(model_type: Any) -> None:
@@ -43,4 +44,4 @@ def build_model(config: dict[str, Any]) -> Model:
 
 
 __all__ = ["MODELS", "check_model_type", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier",
-           "NoisyClassifier", "LatentAutoencoder", "ContrastiveTextImage", "LatentDiffusion", "build_model"]
+           "NoisyClassifier", "LatentAutoencoder", "ContrastiveTextImage", "LatentDiffusion", "AttributeClassifier", "build_model"]

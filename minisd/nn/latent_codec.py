@@ -1,7 +1,8 @@
 """The convolutional encoder and decoder of a latent autoencoder: image <-> small feature map.
 
 The layout of Stable Diffusion's autoencoder (Rombach et al. 2022, after Esser et al. 2021's VQGAN),
-without its attention block, which buys nothing at 7x7 or 8x8:
+without the self-attention of its middle block: at 7x7 or 8x8 the middle block's two 3x3 convolutions
+already see most of the map, and the reconstructions are sharp without it (minisd/models/latent_autoencoder.py):
 
     encoder: input conv, then per level (finest first) residual blocks and a stride-2 downsample
              (not after the last level), a middle residual block, GroupNorm -> SiLU -> output conv
@@ -70,7 +71,7 @@ def check_codec_shape(image_shape: Sequence[int], base_channels: int, channel_mu
 
 
 class LatentEncoder(nn.Module):
-    """Image ``(B, in_channels, H, W)`` -> ``(B, out_channels, H / f, W / f)``, ``f = 2 ** (len(channel_mults) - 1)``."""
+    """Image ``(B, in_channels, H, W)`` -> ``(B, out_channels, H/f, W/f)``, ``f = 2 ** (len(channel_mults) - 1)``."""
 
     def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
                  channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, groups: int = 8):

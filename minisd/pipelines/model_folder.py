@@ -6,7 +6,7 @@
     unet/                   config.json, model.safetensors                 (the latent DiffusionModel)
     README.md               the model card (how it was trained, how long, its metrics), when given
 
-Each part is a folder :func:`minisd.load` reads on its own (``minisd.load("checkpoints/mnist/unet")``), with
+The weights are stored in float16 and loaded as float32. Each part is a folder :func:`minisd.load` reads on its own (``minisd.load("checkpoints/mnist/unet")``), with
 the sha256 of each of its files in its ``config.json``; ``model_index.json`` records the sha256 of each part's
 ``config.json``, so one hash fingerprints the whole model (:func:`model_hash`).
 """
@@ -15,21 +15,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
+from minisd.diffusion.samplers import SAMPLERS
 from minisd.errors import CheckpointError
 from minisd.models.latent_diffusion import LatentDiffusion
+from minisd.pipelines.text_to_image import MAX_STEPS
 from minisd.train.checkpoint import load, save_model
 from minisd.version import __version__
 
 INDEX = "model_index.json"
 PARTS = {"autoencoder": "autoencoder", "text_encoder": "text_encoder", "unet": "diffusion"}  # folder -> attribute
-_OWN_SETTINGS = ("image_shape", "p_uncond", "guidance_scale", "sampler", "sample_steps")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What each setting of the index's "model" table must be (the LatentDiffusion constructor's own settings).
+_SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "image_shape": ("three positive whole numbers", lambda v: isinstance(v, list) and len(v) == 3 and all(
+        isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in v)),
+    "p_uncond": ("a probability below 1", lambda v: _is_number(v) and 0 <= v < 1),
+    "guidance_scale": ("a finite number, 0 or more", lambda v: _is_number(v) and v >= 0),
+    "sampler": (f"one of {sorted(SAMPLERS)}", lambda v: isinstance(v, str) and v in SAMPLERS),
+    "sample_steps": (f"a whole number from 1 to {MAX_STEPS}",
+                     lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_STEPS),
+}
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
@@ -49,11 +68,12 @@ def save_model_folder(model: LatentDiffusion, folder: str | os.PathLike, *, data
     try:
         parts = {}
         for name, attribute in PARTS.items():
-            part = save_model(tmp / name, getattr(model, attribute))
+            # float16: half the size (a shipped model must stay small), and no visible change in the images.
+            part = save_model(tmp / name, getattr(model, attribute), dtype=torch.float16)
             parts[name] = {"type": getattr(model, attribute).model_type,
                            "config_sha256": hashlib.sha256((part / "config.json").read_bytes()).hexdigest()}
         index = {"_class_name": "LatentDiffusion", "minisd_version": __version__, "parts": parts,
-                 "model": {key: model.hparams[key] for key in _OWN_SETTINGS}, "data": data or {}}
+                 "model": {key: model.hparams[key] for key in _SETTING_RULES}, "data": data or {}}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         if card is not None:
             (tmp / "README.md").write_text(card)
@@ -64,6 +84,18 @@ def save_model_folder(model: LatentDiffusion, folder: str | os.PathLike, *, data
     return folder
 
 
+def _check_settings(folder: Path, settings: dict) -> None:
+    """Refuse a ``model`` table the constructor would not take, naming the setting (a damaged or edited index)."""
+    for key, value in settings.items():
+        if key not in _SETTING_RULES:
+            raise CheckpointError(f"{folder / INDEX} has an unknown model setting {key!r} (known: "
+                                  f"{', '.join(_SETTING_RULES)}); the model folder is damaged or from another version")
+        description, is_valid = _SETTING_RULES[key]
+        if not is_valid(value):
+            raise CheckpointError(f"{folder / INDEX} has model setting {key} = {value!r}, which should be "
+                                  f"{description}; the model folder is damaged")
+
+
 def _read_index(folder: Path) -> dict:
     try:
         index = json.loads((folder / INDEX).read_text())
@@ -71,9 +103,10 @@ def _read_index(folder: Path) -> dict:
             raise ValueError("no parts or model table")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{folder / INDEX} is damaged ({err}); the model folder cannot be read") from None
-    missing = set(PARTS) - set(index["parts"])
+    missing = {name for name in PARTS if not isinstance(index["parts"].get(name), dict)}
     if missing:
         raise CheckpointError(f"{folder / INDEX} names no {', '.join(sorted(missing))}: the model folder is incomplete")
+    _check_settings(folder, index["model"])
     return index
 
 

@@ -133,8 +133,9 @@ class TextToImagePipeline:
         conditional model, more follows the prompt harder (Luo (2022), section "Classifier-Free Guidance").
         ``image``: an init image ``(C, H, W)``/``(1, C, H, W)`` tensor in [0, 1] or a PIL image, redrawn from
         ``strength`` (default 0.8; 1 redraws everything); with ``mask_image`` (white = repaint) only the
-        masked region is redrawn (``strength`` default 1). ``callback`` gets, after every step, a dict with
-        ``step``, ``t``, ``latents`` and ``x0_preview`` (the current estimate of the images, decoded).
+        masked region is redrawn (``strength`` default 1) and the rest is the init image as the autoencoder
+        reconstructs it. ``callback`` gets, after every step, a dict with ``step``, ``t``, ``latents`` and
+        ``x0_preview`` (the current estimate of the images, decoded).
         """
         model = self.model
         prompts = _as_list(prompt, "prompt")
@@ -158,6 +159,10 @@ class TextToImagePipeline:
             strength = 1.0 if mask_image is not None else DEFAULT_IMG2IMG_STRENGTH
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ConfigError(f"strength must lie in (0, 1] (1 redraws everything), got {strength!r}")
+        if return_attention and scale == 0:
+            # Guidance 0 runs the unconditional branch alone: the prompt's tokens are never attended to.
+            raise ConfigError("attention maps show where the prompt acts, and at guidance_scale 0 it does not: "
+                              "use a guidance scale above 0")
 
         repeat = num_images_per_prompt
         n = len(prompts) * repeat
@@ -165,7 +170,7 @@ class TextToImagePipeline:
         # An empty negative prompt is no negative prompt: the empty text the unconditional branch trained on.
         uncond = model.encode_prompts([p for p in negatives for _ in range(repeat)], allow_empty=True)
         denoiser = ClassifierFreeGuidance(model.diffusion.denoiser, scale, uncond)
-        x_start = None
+        x_start = mask = None
         if image is not None:
             pixels = self._image(image, "the init image").to(self.device)
             pixels = pixels.expand(n, -1, -1, -1) if len(pixels) == 1 else pixels
@@ -200,6 +205,11 @@ class TextToImagePipeline:
             if recorder is not None:
                 recorder.close()
         images = model.autoencoder.decode(latents).clamp(0, 1)
+        if mask is not None:
+            # The latents outside the mask are the init image's, but the decoder's convolutions and group norms
+            # see the whole latent grid: what was painted would shift the kept pixels too. Outside the mask the
+            # image is therefore the kept latents decoded alone, the init image up to the autoencoder's error.
+            images = mask * images + (1 - mask) * model.autoencoder.decode(x_start).clamp(0, 1)
 
         settings = {"prompt": prompts[0] if len(prompts) == 1 else prompts,
                     "negative_prompt": None if negative_prompt is None else negative_prompt,

@@ -291,15 +291,20 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: str | torch.devic
     return model.to(device).eval()
 
 
-def save_model(folder: str | os.PathLike, model: Model, *, extra_config: dict[str, Any] | None = None) -> Path:
+def save_model(folder: str | os.PathLike, model: Model, *, extra_config: dict[str, Any] | None = None,
+               dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` alone (no training state) as a loadable folder: ``config.json`` (with the sha256 of every
     file), ``model.safetensors`` and the model's extra files. Written into a temporary sibling, then renamed:
-    ``folder`` must not exist yet. :func:`load` reads it."""
+    ``folder`` must not exist yet. :func:`load` reads it. ``dtype`` (say ``torch.float16``) stores the floating
+    point parameters in that type, half the size; loading casts them back to the model's own."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        contents = {"model.safetensors": _tensor_bytes(model.state_dict()), **model.extra_files()}
+        parameters = {name for name, _ in model.named_parameters()}  # buffers (a latent scale) keep their precision
+        weights = {k: v.to(dtype) if dtype is not None and k in parameters and v.is_floating_point() else v
+                   for k, v in model.state_dict().items()}
+        contents = {"model.safetensors": _tensor_bytes(weights), **model.extra_files()}
         files = {name: _write_file(tmp / name, data) for name, data in contents.items()}
         config = {"format_version": FORMAT_VERSION, "minisd_version": __version__, **(extra_config or {}),
                   "model": {"type": model.model_type, **model.hparams}, "files": files}

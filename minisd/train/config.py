@@ -129,7 +129,7 @@ def check_value(name: str, value: Any, annotation: Any, must_be: Range | None = 
     """Raise :class:`ConfigError` unless ``value`` has the type of ``annotation`` (and lies in ``must_be``)."""
     if not _matches(value, annotation):
         raise ConfigError(f"{name} must be {_describe(annotation)}, got {value!r}")
-    if must_be is not None and not must_be[0](value):
+    if must_be is not None and value is not None and not must_be[0](value):
         raise ConfigError(f"{name} must be {must_be[1]}, got {value!r}")
 
 
