@@ -81,7 +81,7 @@ def pixels_of(path: Path) -> bytes:
 BAD_INPUTS = [
     ("empty-prompt", ["", "--out", "o.png"], "empty"),
     ("whitespace-prompt", ["   ", "--out", "o.png"], "empty"),
-    ("over-long-prompt", [" ".join(["circle"] * 30), "--out", "o.png"], "tokens long"),
+    ("over-long-prompt", [" ".join(["circle"] * 100), "--out", "o.png"], "tokens long"),
     ("unknown-sampler", [PROMPT, "--sampler", "nonsense", "--out", "o.png"], "--sampler"),
     ("zero-steps", [PROMPT, "--steps", "0", "--out", "o.png"], "--steps"),
     ("too-many-steps", [PROMPT, "--steps", "1001", "--out", "o.png"], "1 to 1000"),

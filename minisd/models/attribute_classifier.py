@@ -33,7 +33,7 @@ from torch import nn
 
 from minisd.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPES, SIZES
 from minisd.models.base import Model
-from minisd.models.classifier import _conv_stage
+from minisd.nn.conv import conv_stage
 
 IGNORE = -100  # a target a prompt does not set (it does not say the size): never scored (F.cross_entropy's too)
 OBJECT_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "size": SIZES}
@@ -99,7 +99,7 @@ class AttributeClassifier(Model):
         self.image_shape = tuple(image_shape)
         widths = [in_channels, *channels]
         bottom_side = side // 2 ** len(channels)
-        self.convolutions = nn.Sequential(*(_conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
+        self.convolutions = nn.Sequential(*(conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
                                           nn.Flatten())
         self.penultimate = nn.Sequential(nn.Linear(channels[-1] * bottom_side**2, hidden), nn.ReLU())
         self.dropout = nn.Dropout(dropout)  # after the features, so features() is the same in train and eval mode

@@ -19,15 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minisd.models.base import Model
-
-
-def _conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two 3x3 convolutions that keep the size, then a 2x2 max-pool that halves it."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
+from minisd.nn.conv import conv_stage
 
 
 class Classifier(Model):
@@ -54,7 +46,7 @@ class Classifier(Model):
         self.num_classes = num_classes
         widths = [in_channels, *channels]
         bottom_side = side // 2 ** len(channels)
-        self.convolutions = nn.Sequential(*(_conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
+        self.convolutions = nn.Sequential(*(conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
                                           nn.Flatten())
         self.penultimate = nn.Sequential(nn.Linear(channels[-1] * bottom_side**2, hidden), nn.ReLU())
         # Dropout sits after the features, so features() is the same in train and eval mode.

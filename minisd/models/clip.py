@@ -24,7 +24,7 @@ from torch import nn
 from minisd.errors import CheckpointError, ConfigError
 from minisd.eval import retrieval
 from minisd.models.base import Model
-from minisd.models.classifier import _conv_stage
+from minisd.nn.conv import conv_stage
 from minisd.text import TextEncoder, Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -57,7 +57,7 @@ class ContrastiveTextImage(Model):
             raise ConfigError(f"temperature_init must lie in (0, 1], got {temperature_init}")
         widths = [in_channels, *image_channels]
         bottom_side = side // 2 ** len(image_channels)
-        self.image_encoder = nn.Sequential(*(_conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
+        self.image_encoder = nn.Sequential(*(conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
                                            nn.Flatten(), nn.Linear(image_channels[-1] * bottom_side**2, embed_dim))
         self.text_encoder = TextEncoder(vocab_size, max_length, dim=text_dim, depth=text_depth, num_heads=text_heads)
         self.text_projection = nn.Linear(text_dim, embed_dim)

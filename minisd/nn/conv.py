@@ -12,6 +12,15 @@ from torch import nn
 from minisd.nn.mlp import ACTIVATIONS
 
 
+def conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions that keep the size, then a 2x2 max-pool that halves it."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
 def _bottom_side(side: int, depth: int) -> int:
     if side % (2**depth) != 0:
         raise ValueError(f"image side {side} is not divisible by 2**depth = {2**depth}; lower the depth")

@@ -23,7 +23,7 @@ from torch import nn
 
 from minisd.errors import ConfigError
 from minisd.nn.attention import zero_init
-from minisd.nn.unet import _downsample, _upsample
+from minisd.nn.unet import downsample, upsample
 
 
 class ResBlock(nn.Module):
@@ -83,7 +83,7 @@ class LatentEncoder(nn.Module):
                 layers.append(ResBlock(channels, base_channels * mult, groups))
                 channels = base_channels * mult
             if level < len(channel_mults) - 1:
-                layers.append(_downsample(channels))
+                layers.append(downsample(channels))
         layers += [ResBlock(channels, channels, groups),
                    nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
@@ -105,7 +105,7 @@ class LatentDecoder(nn.Module):
                 layers.append(ResBlock(channels, base_channels * channel_mults[level], groups))
                 channels = base_channels * channel_mults[level]
             if level > 0:
-                layers.append(_upsample(channels))
+                layers.append(upsample(channels))
         layers += [nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 

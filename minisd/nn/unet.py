@@ -76,11 +76,11 @@ class UNetBlock(nn.Module):
         return hidden if self.attention is None else self.attention(hidden, context, context_mask)
 
 
-def _downsample(channels: int) -> nn.Module:
+def downsample(channels: int) -> nn.Module:
     return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
 
-def _upsample(channels: int) -> nn.Module:
+def upsample(channels: int) -> nn.Module:
     # Nearest-neighbour then a conv, rather than a transposed conv, whose overlapping strides
     # leave checkerboard artefacts (Odena et al. 2016).
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1))
@@ -139,7 +139,7 @@ class UNet(nn.Module):
                 skip_channels.append(channels)
             self.down_levels.append(blocks)
             if level < coarsest:
-                self.downsamples.append(_downsample(channels))
+                self.downsamples.append(downsample(channels))
                 skip_channels.append(channels)
 
         self.middle = nn.ModuleList([block(channels, channels, coarsest in attention_levels),
@@ -154,7 +154,7 @@ class UNet(nn.Module):
                 channels = base_channels * channel_mults[level]
             self.up_levels.append(blocks)
             if level > 0:
-                self.upsamples.append(_upsample(channels))
+                self.upsamples.append(upsample(channels))
 
         # Zero output conv: a fresh UNet predicts exactly 0 - the mean of eps, and a fair first
         # guess of x0 or v - so training starts at the trivial loss instead of above it.
