@@ -380,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from minisd.generate import add_generate_command
 
-    add_generate_command(commands, _add_common, _positive_int, _seed, _non_negative_number,
-                         _LazyChoices(_sampler_names))
+    add_generate_command(commands, _add_common, _positive_int, _whole_number(1, 1000, "from 1 to 1000"), _seed,
+                         _non_negative_number, _LazyChoices(_sampler_names))
 
     demo_help = ("train the path's 2-d VAE (784 -> 256 -> 2 -> 256 -> 784) on MNIST, or on the built-in 8x8 digits "
                  "when MNIST is not found, report its test ELBO and importance-weighted bound, and draw its figures")

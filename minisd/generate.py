@@ -51,6 +51,7 @@ def _settings_from_png(args: argparse.Namespace) -> None:
     if args.n is None:
         args.n = 1
     args.image_index = settings.get("image_index")
+    args.recorded_model_hash = settings.get("model_hash")
 
 
 def _check_strength(args: argparse.Namespace) -> None:
@@ -100,6 +101,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     if not isinstance(pipe, TextToImagePipeline):
         raise ConfigError(f"{folder} is a {pipe.model_type} checkpoint, not a text-to-image model; "
                           f"use minisd sample for it")
+    recorded = getattr(args, "recorded_model_hash", None)
+    if recorded and recorded != pipe.weights_hash:
+        raise MinisdError(f"{args.from_png} was made by a model with hash {recorded}, but {folder} has hash "
+                          f"{pipe.weights_hash}: another model would make another image; give --model the original")
     channels, height, width = pipe.image_shape
     inputs: dict[str, Any] = {}
     if args.init_image is not None:
@@ -109,7 +114,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     sampler_args = {"eta": args.eta} if getattr(args, "eta", None) is not None else {}
 
     generator = torch.Generator(pipe.device).manual_seed(args.seed)
-    output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps or 20,
+    output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, sampler=args.sampler, generator=generator,
                   num_images_per_prompt=args.n, output_type="pt", strength=args.strength, **inputs, **sampler_args)
     settings = {**output.settings, "seed": args.seed, "minisd_version": __version__,
@@ -127,8 +132,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             for i, (image, out) in enumerate(zip(to_pil(images), outputs))]
 
 
-def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: Any, non_negative: Any,
-                         sampler_choices: Any) -> None:
+def add_generate_command(commands: Any, common: Any, positive_int: Any, steps_type: Any, seed: Any,
+                         non_negative: Any, sampler_choices: Any) -> None:
     """The ``generate`` sub-command's flags (named like ``minisd sample``'s)."""
     generate = commands.add_parser("generate", help="make images from a text prompt (text-to-image)",
                                    description="Make images from a text prompt with a text-to-image model; "
@@ -136,7 +141,7 @@ def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: An
     generate.add_argument("prompt", nargs="?", help="what to draw, e.g. \"a handwritten digit 7\"")
     generate.add_argument("--out", default="generated.png", help="PNG to write (default: generated.png)")
     generate.add_argument("--negative-prompt", help="what to steer away from (the unconditional branch's prompt)")
-    generate.add_argument("--steps", type=positive_int, help="sampling steps, 1 to 1000 (default 20)")
+    generate.add_argument("--steps", type=steps_type, help="sampling steps, 1 to 1000 (default: the model's, 20)")
     generate.add_argument("--guidance", type=non_negative, help="classifier-free guidance scale (0: ignore the "
                                                                 "prompt, 1: plain conditional; default: the model's)")
     generate.add_argument("--sampler", choices=sampler_choices, metavar="SAMPLER",

@@ -120,7 +120,7 @@ class TextToImagePipeline:
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
-                 num_inference_steps: int = 20, guidance_scale: float | None = None, sampler: str | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
                  generator: torch.Generator | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
                  callback: Callable[[dict[str, Any]], None] | None = None,
                  image: Image.Image | torch.Tensor | None = None, strength: float | None = None,
@@ -149,7 +149,7 @@ class TextToImagePipeline:
             raise ConfigError(f"num_images_per_prompt must be a whole number, at least 1, got {num_images_per_prompt!r}")
         if output_type not in ("pil", "pt"):
             raise ConfigError(f"output_type is 'pil' or 'pt', not {output_type!r}")
-        steps = _check_steps(num_inference_steps)
+        steps = _check_steps(model.sample_steps if num_inference_steps is None else num_inference_steps)
         scale = _check_guidance(model.guidance_scale if guidance_scale is None else guidance_scale)
         sampler = sampler or model.sampler
         check_sampler_args(sampler, **sampler_args)
