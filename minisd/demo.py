@@ -24,6 +24,13 @@ from minisd.train.checkpoint import load
 DIGITS_OVERRIDES = ["data.dataset=digits", "train.batch_size=64", "train.steps=4000", "train.eval_every=1000",
                     "train.checkpoint_every=1000"]
 IWAE_SAMPLES = 100
+# Prompts for the shipped text-to-image models (checkpoints/<name>), 4 images each.
+DEMO_PROMPTS = {
+    "mnist": [f"a handwritten digit {k}" for k in range(10)] + ["a thick, right-slanted handwritten 3",
+                                                                 "the number seven, thin strokes"],
+    "shapes": ["a small red circle to the left of a blue square", "a big green triangle in the top left",
+               "a yellow square above a small purple circle"],
+}
 
 
 def choose_dataset(data_dir: str | None) -> str:
@@ -71,4 +78,24 @@ def run_demo(out_dir: Path, *, data_dir: str | None = None, overwrite: bool = Fa
     print(f"numbers:    {out_dir / 'numbers.json'}")
     for name, path in figures.items():
         print(f"figure:     {path}  ({name.replace('_', ' ')})")
+    numbers["text_to_image"] = text_to_image_demo(out_dir / "text_to_image", device=device)
     return numbers
+
+
+def text_to_image_demo(out_dir: Path, *, device: str = "auto") -> list[str]:
+    """Images from a few prompts with each shipped text-to-image model, made as ``minisd generate`` makes them."""
+    from minisd.generate import SHIPPED_MODELS, generate_png
+
+    written = []
+    for name, prompts in DEMO_PROMPTS.items():
+        if not (SHIPPED_MODELS / name / "model_index.json").is_file():
+            print(f"minisd demo: no shipped model {name} in {SHIPPED_MODELS}; skipped")
+            continue
+        print(f"\ntext-to-image with the shipped model {name} (checkpoints/{name}), 4 images per prompt:")
+        for i, prompt in enumerate(prompts):
+            path = generate_png(prompt, out_dir / f"{name}-{i:02d}.png", model=name, n=4, seed=i, device=device)
+            written.append(str(path))
+            print(f"image:      {path}  ({prompt!r})")
+    if written:
+        print(f"\nmore: minisd generate \"a handwritten digit 7\" --n 4 --out seven.png   (settings are in the PNG)")
+    return written

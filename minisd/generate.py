@@ -132,6 +132,19 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
             for i, (image, out) in enumerate(zip(to_pil(images), outputs))]
 
 
+def generate_png(prompt: str, out: str | Path, *, model: str | None = None, n: int = 1, seed: int = 0,
+                 device: str = "auto", overwrite: bool = False, **options: Any) -> Path:
+    """``minisd generate PROMPT --out OUT`` from Python, with the command's defaults (``options``: any other flag by
+    its attribute name, e.g. ``guidance=2.0``); returns the PNG written."""
+    flags = {"prompt": prompt, "out": str(out), "model": model, "n": n, "seed": seed, "device": device,
+             "overwrite": overwrite, "negative_prompt": None, "steps": None, "guidance": None, "sampler": None,
+             "eta": None, "separate": False, "init_image": None, "strength": None, "mask": None, "from_png": None}
+    unknown = set(options) - set(flags)
+    if unknown:
+        raise ConfigError(f"unknown generate options {sorted(unknown)}")
+    return run_generate(argparse.Namespace(**{**flags, **options}))[0]
+
+
 def add_generate_command(commands: Any, common: Any, positive_int: Any, steps_type: Any, seed: Any,
                          non_negative: Any, sampler_choices: Any) -> None:
     """The ``generate`` sub-command's flags (named like ``minisd sample``'s)."""

@@ -75,13 +75,15 @@ class DataConfig:
     dataset: str = "mnist"      # one of minisd.data.DATASETS, or "shapes" (captioned, made on the fly)
     binarize: bool = False      # Bernoulli pixels drawn afresh every step (dynamic binarisation)
     num_images: int | None = _setting(None, AT_LEAST_ONE)  # keep only the first N images of each split
+    image_size: int | None = _setting(None, AT_LEAST_ONE)  # a folder of your images: resized to this side (32)
 
     def __post_init__(self) -> None:
         from minisd.data import DATASETS
 
         check_section("data", dataclasses.asdict(self), DataConfig)
-        if self.dataset not in (*DATASETS, "shapes"):
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {[*DATASETS, 'shapes']}")
+        if self.dataset not in (*DATASETS, "shapes") and not Path(self.dataset).expanduser().is_dir():
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {[*DATASETS, 'shapes']}, "
+                              f"or give a folder of your images with captions")
 
 
 # --------------------------------------------------------------------------------------

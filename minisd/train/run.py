@@ -49,14 +49,26 @@ def resume_config(run_dir: str | os.PathLike, requested: dict[str, Any] | None =
     return config
 
 
-def _load_split(dataset: str, split: str, model: dict[str, Any], data_dir: str | None, num_images: int | None):
-    """One split of the run's data (its first ``num_images``, if given): with captions when the model reads
-    them, or when the data is made with them (shapes)."""
+FOLDER_IMAGE_SIZE = 32  # the side a folder of your images is resized to unless data.image_size says otherwise
+
+
+def load_captioned_split(data: dict[str, Any], split: str, data_dir: str | None):
+    """One split of a captioned dataset as the ``data`` table names it (a folder of images is resized to
+    ``image_size``, and is its own test split)."""
     from minisd.data.captioned import load_captioned
+
+    size = data.get("image_size") or (None if data["dataset"] in (*DATASETS, "shapes") else FOLDER_IMAGE_SIZE)
+    return load_captioned(data["dataset"], split, data_dir=data_dir, num_images=data.get("num_images"), size=size)
+
+
+def _load_split(data: dict[str, Any], split: str, model: dict[str, Any], data_dir: str | None):
+    """One split of the run's data (its first ``num_images``, if given): with captions when the model reads
+    them, or when the data is made with them (shapes, a folder)."""
     from minisd.models import MODELS
 
+    dataset, num_images = data["dataset"], data.get("num_images")
     if getattr(MODELS[model["type"]], "needs_captions", False) or dataset not in DATASETS:
-        return load_captioned(dataset, split, data_dir=data_dir, num_images=num_images)
+        return load_captioned_split(data, split, data_dir)
     data = load_dataset(dataset, split, data_dir=data_dir)
     return data if num_images is None else ImageDataset(data.images[:num_images], data.labels[:num_images],
                                                         data.classes, data.name, split)
@@ -90,8 +102,7 @@ def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *,
         check_can_create(run_dir, "run folder")
     config = train_config(run_config)
     data = asdict(data_config(run_config))
-    train_set, test_set = (_load_split(data["dataset"], split, run_config["model"], data_dir, data["num_images"])
-                           for split in ("train", "test"))
+    train_set, test_set = (_load_split(data, split, run_config["model"], data_dir) for split in ("train", "test"))
     model_config = {**run_config["model"], "image_shape": list(train_set.image_shape)}
     torch.manual_seed(config.seed)  # the same config starts from the same initial weights
     model = build_model(model_config)

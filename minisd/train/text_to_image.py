@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ class _WithLatents:
 def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path, text_encoder_run: Path, *,
                 data_dir: str | None, device: str, progress: bool) -> None:
     import minisd
-    from minisd.data.captioned import load_captioned
+    from minisd.train.run import load_captioned_split
     from minisd.models.latent_autoencoder import encode_dataset
     from minisd.models.latent_diffusion import LatentDiffusion
     from minisd.models.diffusion import DiffusionModel
@@ -104,10 +105,8 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
         print(f"{run_dir.name}: already trained, kept")
         return
     resume = find_checkpoint(run_dir) is not None
-    data = data_config(run_config)
-    dataset = data.dataset
-    train_set, test_set = (load_captioned(dataset, split, data_dir=data_dir, num_images=data.num_images)
-                           for split in ("train", "test"))
+    data = asdict(data_config(run_config))
+    train_set, test_set = (load_captioned_split(data, split, data_dir) for split in ("train", "test"))
     autoencoder, text_encoder = minisd.load(autoencoder_run), minisd.load(text_encoder_run)
     settings = {k: v for k, v in run_config["model"].items() if k not in ("type", "unet")}
     torch.manual_seed(config.seed)
@@ -128,7 +127,7 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
     print(f"encoded {len(train_set) + len(test_set)} images to latents {tuple(latents['train'].shape[1:])} "
           f"once, in {time.perf_counter() - started:.1f} s")
     train(model, _WithLatents(train_set, latents["train"]), config, run_dir,
-          run_config={"data": {"dataset": dataset, "num_images": data.num_images}, "model": run_config["model"]},
+          run_config={"data": data, "model": run_config["model"]},
           eval_set=_WithLatents(test_set, latents["test"]), resume=resume, device=device, progress=progress)
 
 
