@@ -237,9 +237,32 @@ FIGURE_MODELS = {"vae": ("vae", "autoencoder", "hvae"), "autoencoder": ("autoenc
                  "diffusion": ("diffusion",)}
 
 
+def _text_to_image_figures(args: argparse.Namespace) -> dict:
+    """``minisd figures text-to-image [MODEL]``: the prompt grid, attention maps and editing figures."""
+    import minisd
+    from minisd.figures.text_to_image import make_text_to_image_figures
+    from minisd.generate import model_path
+    from minisd.outputs import check_writable
+    from minisd.pipelines import TextToImagePipeline
+    from minisd.runtime import resolve_device
+
+    folder = model_path(args.checkpoint)
+    out = Path(args.out) if args.out else Path("figures/text_to_image")
+    for name in ("prompt_grid", "attention", "editing"):  # before the work
+        check_writable(out / f"{name}.png", args.overwrite, suffixes=(".png",), what="figure")
+    pipe = minisd.load(folder, device=resolve_device(args.device))
+    if not isinstance(pipe, TextToImagePipeline):
+        raise MinisdError(f"{folder} is not a text-to-image model; minisd figures text-to-image draws one")
+    return make_text_to_image_figures(pipe, out, seed=args.seed)
+
+
 def cmd_figures(args: argparse.Namespace) -> None:
     from minisd.train.checkpoint import read_checkpoint_config
 
+    if args.chapter == "text-to-image":
+        for name, path in _text_to_image_figures(args).items():
+            print(f"{name}: {path}")
+        return
     config = read_checkpoint_config(args.checkpoint) if args.checkpoint else None
     if config is not None and config["model"].get("type") not in FIGURE_MODELS.get(args.chapter, ()):
         kind = config["model"].get("type")
@@ -368,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     figures = commands.add_parser("figures", help="write a chapter's figures",
                                   description="Write a chapter's figures as PNG files.")
-    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "diffusion"])
+    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "diffusion", "text-to-image"])
     figures.add_argument("checkpoint", nargs="?", help="trained model (vae / autoencoder: required; "
-                                                       "diffusion: adds the trajectory and sampler figures)")
+                                                       "diffusion: adds the trajectory and sampler figures; "
+                                                       "text-to-image: a model, run or shipped name, default mnist)")
     figures.add_argument("--out", help="folder for the PNG files")
     figures.add_argument("--seed", type=_seed, default=0, help="random seed of the figures' noise and samples")
     figures.add_argument("--raw-weights", action="store_true", help="use the last step's weights instead of the EMA")
