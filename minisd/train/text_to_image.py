@@ -25,6 +25,7 @@ import torch
 
 from minisd.errors import ConfigError
 from minisd.train.checkpoint import find_checkpoint, read_checkpoint_config
+from minisd.train.run import load_captioned_split
 
 STAGES = ("autoencoder", "text_encoder", "unet")
 STAGE_MODEL_TYPES = {"autoencoder": "latent_autoencoder", "text_encoder": "clip", "unet": "latent_diffusion"}
@@ -93,7 +94,6 @@ class _WithLatents:
 def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path, text_encoder_run: Path, *,
                 data_dir: str | None, device: str, progress: bool) -> None:
     import minisd
-    from minisd.train.run import load_captioned_split
     from minisd.models.latent_autoencoder import encode_dataset
     from minisd.models.latent_diffusion import LatentDiffusion
     from minisd.models.diffusion import DiffusionModel
@@ -131,7 +131,26 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
           eval_set=_WithLatents(test_set, latents["test"]), resume=resume, device=device, progress=progress)
 
 
-def _model_card(run_dir: Path, command: str | None, timings: list[dict[str, Any]]) -> str:
+@torch.no_grad()
+def held_out_report(run_dir: Path, *, data_dir: str | None, num_images: int = 2000) -> dict[str, Any]:
+    """What the two frozen parts reach on the test split: the autoencoder's reconstruction error, and the text
+    encoder's caption-to-image retrieval among 100 with captions in the held-out templates."""
+    import minisd
+    from minisd.eval.reconstruction import reconstruction_report
+
+    config = read_checkpoint_config(run_dir / "unet")
+    test_set = load_captioned_split({**config["data"], "num_images": num_images}, "test", data_dir)
+    model = minisd.load(run_dir / "unet")
+    torch.manual_seed(0)
+    captions = test_set.captions(torch.arange(len(test_set)), templates="heldout") \
+        if hasattr(test_set, "captions") else []
+    report = {"autoencoder": reconstruction_report(model.autoencoder, test_set.images)}
+    if len(captions) >= 100:
+        report["text_encoder"] = model.text_encoder.retrieval_accuracy(test_set.images, captions)
+    return report
+
+
+def _model_card(run_dir: Path, command: str | None, timings: list[dict[str, Any]], held_out: dict[str, Any]) -> str:
     """The model card: how the model was trained (the command, the time per stage on this machine) and what each
     stage reached on its test split."""
     lines = [f"# {run_dir.resolve().name}", "", "A minisd text-to-image model (chapter \"Stable Diffusion\").", "",
@@ -148,6 +167,18 @@ def _model_card(run_dir: Path, command: str | None, timings: list[dict[str, Any]
         if evals:
             shown = ", ".join(f"{k[5:]} {v:.4g}" for k, v in evals[-1].items() if k.startswith("eval/"))
             lines.append(f"- {stage} (step {evals[-1]['step']}): {shown}")
+    reconstruction = held_out["autoencoder"]
+    lines.append(f"- autoencoder reconstructions of {reconstruction['num_images']} test images: squared error "
+                 f"{reconstruction['mse']:.5f} per pixel, PSNR {reconstruction['psnr']:.1f} dB")
+    retrieval = held_out.get("text_encoder")
+    if retrieval:
+        lines.append(f"- text encoder, caption-to-image retrieval among 100 test images, held-out caption templates: "
+                     f"top-1 {retrieval['top1']:.3f} (chance {retrieval['top1_chance']:.3f}), top-5 "
+                     f"{retrieval['top5']:.3f}; any image whose caption says the same: top-1 "
+                     f"{retrieval['top1_class']:.3f} (chance {retrieval['top1_class_chance']:.3f}), top-5 "
+                     f"{retrieval['top5_class']:.3f}")
+    lines += ["", "Prompt adherence and FID: `minisd eval` with the evaluation classifier (see "
+              "benchmarks/README.md, \"Text-to-image\")."]
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +227,9 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     folder = run_dir / MODEL_FOLDER
     if is_model_folder(folder):
         shutil.rmtree(folder)
+    held_out = held_out_report(run_dir, data_dir=data_dir)
+    (run_dir / "held_out.json").write_text(json.dumps(held_out, indent=2) + "\n")
     save_model_folder(minisd.load(run_dir / "unet"), folder, data=read_checkpoint_config(run_dir / "unet")["data"],
-                      card=_model_card(run_dir, command, timings))
+                      card=_model_card(run_dir, command, timings, held_out))
     print(f"text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
     return folder
