@@ -32,6 +32,17 @@ STAGE_MODEL_TYPES = {"autoencoder": "latent_autoencoder", "text_encoder": "clip"
 MODEL_FOLDER = "model"
 
 
+def _cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def is_text_to_image_config(config: dict[str, Any]) -> bool:
     """A text-to-image config has a table per stage instead of one ``model`` table."""
     return any(stage in config for stage in STAGES)
@@ -150,15 +161,16 @@ def held_out_report(run_dir: Path, *, data_dir: str | None, num_images: int = 20
     return report
 
 
-def _model_card(run_dir: Path, command: str | None, timings: list[dict[str, Any]], held_out: dict[str, Any]) -> str:
+def _model_card(run_dir: Path, timings: list[dict[str, Any]], held_out: dict[str, Any]) -> str:
     """The model card: how the model was trained (the command, the time per stage on this machine) and what each
     stage reached on its test split."""
     lines = [f"# {run_dir.resolve().name}", "", "A minisd text-to-image model (chapter \"Stable Diffusion\").", "",
-             "## How it was trained", "", "```", command or "(trained from Python)", "```", ""]
+             "## How it was trained", "", "Each command run on the training folder, and the time each stage took:", ""]
     total = sum(sum(t["seconds"].values()) for t in timings)
-    for i, timing in enumerate(timings):
+    for timing in timings:
         parts = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timing["seconds"].items())
-        lines.append(f"- session {i + 1}: {parts} ({timing['threads']} CPU threads, {timing['cpu']})")
+        lines += [f"    {timing.get('command') or '(from Python)'}", "",
+                  f"  {parts} ({timing['threads']} CPU threads, {timing['cpu']})", ""]
     lines += [f"- total: **{total / 60:.1f} minutes**", "", "## What each part reached (test split)", ""]
     for stage in STAGES:
         metrics = [json.loads(line) for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()
@@ -222,7 +234,8 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     seconds["unet"] = time.perf_counter() - started
     timings_file = run_dir / "timings.json"
     timings = [*(json.loads(timings_file.read_text()) if timings_file.exists() else []),
-               {"seconds": seconds, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}]
+               {"command": command, "seconds": seconds, "threads": torch.get_num_threads(),
+                "cpu": _cpu_name()}]
     timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     folder = run_dir / MODEL_FOLDER
     if is_model_folder(folder):
@@ -230,6 +243,6 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     held_out = held_out_report(run_dir, data_dir=data_dir)
     (run_dir / "held_out.json").write_text(json.dumps(held_out, indent=2) + "\n")
     save_model_folder(minisd.load(run_dir / "unet"), folder, data=read_checkpoint_config(run_dir / "unet")["data"],
-                      card=_model_card(run_dir, command, timings, held_out))
+                      card=_model_card(run_dir, timings, held_out))
     print(f"text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
     return folder
