@@ -190,3 +190,34 @@ def test_class_balance_flags_samples_of_a_single_class(trained, digits_test):
     assert real["tv_from_test"] < 0.1 and real["tv_from_uniform"] < 0.15
     assert zeros_only["tv_from_uniform"] > 0.8 and zeros_only["tv_from_test"] > 0.8
     assert math.isclose(label_distribution(digits_test.labels, 10).sum().item(), 1)
+
+
+def test_evaluations_give_the_model_every_key_of_the_datasets_batches():
+    # Conditioning must reach the model in evaluation as in training: labels, captions, attributes.
+    from torch import nn
+
+    from minisd.data.shapes import make_shapes
+    from minisd.eval import evaluate_likelihood
+    from minisd.models.base import Model
+    from minisd.train.loop import evaluate_loss
+
+    class Spy(Model):
+        model_type = "spy"
+
+        def __init__(self):
+            super().__init__()
+            self.weight, self.seen = nn.Parameter(torch.zeros(())), []
+
+        def loss(self, batch):
+            self.seen.append(set(batch))
+            return self.weight * 0, {"loss": 0.0}
+
+        def nll(self, batch, num_samples=1):
+            self.seen.append(set(batch))
+            zeros = torch.zeros(len(batch["image"]))
+            return {"nats": zeros, "bits_per_dim": zeros}
+
+    spy, data = Spy(), make_shapes(20, seed=0)
+    evaluate_loss(spy, data, batch_size=8)
+    evaluate_likelihood(spy, data, batch_size=8)
+    assert len(spy.seen) == 6 and all(keys >= {"image", "label", "caption", "attributes"} for keys in spy.seen)

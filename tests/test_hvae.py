@@ -118,7 +118,7 @@ def test_training_lowers_the_test_loss(tmp_path, digits_train, digits_test):
     torch.manual_seed(0)
     hvae = HierarchicalVAE(image_shape=(1, 8, 8), latent_dims=[8, 4], hidden=[[32], [16]])
     test_images = binarized_once(digits_test)  # the very images train() evaluates on
-    before = evaluate_loss(hvae, test_images.images, test_images.labels, batch_size=500)["loss"]
+    before = evaluate_loss(hvae, test_images, batch_size=500)["loss"]
     config = TrainConfig(steps=200, batch_size=50, lr=3e-3, warmup_steps=10, eval_every=0, checkpoint_every=0)
     result = train(hvae, digits_train, config, tmp_path, eval_set=digits_test, binarize_data=True, progress=False)
     assert math.isfinite(result["eval"]["loss"]) and result["eval"]["loss"] < 0.8 * before

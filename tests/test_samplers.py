@@ -389,3 +389,28 @@ def test_sampling_stops_at_the_first_non_finite_step() -> None:
     with pytest.raises(SamplingError, match="step 3 of 10"):
         sample(denoiser, (2, 3), sampler="dpmpp_2m", steps=10, dtype=torch.float64)
     assert denoiser.calls == 3, "sampling went on after the first NaN"
+
+
+@pytest.mark.parametrize("strength, kept", [(0.3, 3), (0.05, 1), (1.0, 10)])
+def test_sampling_from_an_image_runs_the_last_steps_of_the_same_grid_from_it(strength, kept):
+    # Image-to-image: ceil(strength * steps) steps, the last ones of the full grid, starting from x_start noised
+    # to where they start; for data that is always x_start (a point mass) every sampler returns x_start.
+    schedule = build_schedule("cosine")
+    target = torch.randn(4, 3, dtype=torch.float64)
+    times = []
+
+    class PointMass:
+        def __init__(self):
+            self.schedule = schedule
+
+        def __call__(self, x, t, cond=None):
+            times.append(t[0].item())
+            return target.expand_as(x)
+
+    grid = time_steps(schedule, 10, "log_snr", t_max=start_time(schedule))
+    out = sample(PointMass(), (4, 3), sampler="ddim", steps=10, x_start=target, strength=strength,
+                 generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert times == pytest.approx(grid[10 - kept:10].tolist())
+    assert torch.allclose(out, target)
+    with pytest.raises(ConfigError, match="strength"):
+        sample(PointMass(), (4, 3), steps=10, x_start=target, strength=0.0)
