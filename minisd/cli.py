@@ -173,6 +173,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "samples" / f"seed{args.seed}.png"
     check_writable(out, args.overwrite, suffixes=IMAGE_SUFFIXES, what="image")  # before the work, not after
     model = _load(args)
+    if not hasattr(model, "can_sample"):  # a text-to-image pipeline
+        raise MinisdError(f"{args.checkpoint} is a text-to-image model: give it a prompt, "
+                          f"minisd generate \"...\" --model {args.checkpoint}")
     if not model.can_sample:
         raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
     images = draw_samples(model, args.n, generator=torch.Generator(model.device).manual_seed(args.seed),
@@ -218,6 +221,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise MinisdError(f"{', '.join(adherence_options)}: for text-to-image models (prompt adherence); "
                           f"{args.checkpoint} is not one (for FID pass --fid-classifier)")
     config = read_checkpoint_config(args.checkpoint)
+    if config["model"].get("type") == "latent_diffusion":
+        run = Path(args.checkpoint).resolve()
+        run = run.parent.parent if run.name == "checkpoint" else run.parent
+        raise MinisdError(f"{args.checkpoint} is the UNet stage of a text-to-image run; evaluate the whole model: "
+                          f"minisd eval {run} --classifier ...")
     check_eval_request(config, checkpoint=args.checkpoint, fid_classifier=args.fid_classifier,
                        fid_samples=args.fid_samples, bound_steps=args.bound_steps,
                        sampler_options_given=bool(_given_options(args, ("sampler", "steps", "spacing", "eta"))),

@@ -10,6 +10,7 @@ prompt, files) before the model runs, and nothing is written unless the whole ge
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,11 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     if recorded and recorded != pipe.weights_hash:
         raise MinisdError(f"{args.from_png} was made by a model with hash {recorded}, but {folder} has hash "
                           f"{pipe.weights_hash}: another model would make another image; give --model the original")
+    for text in filter(None, (args.prompt, args.negative_prompt)):
+        unknown = pipe.model.tokenizer.unknown_words(text)
+        if unknown:
+            print(f"minisd: note: the model never read {', '.join(map(repr, unknown))} in its captions; "
+                  f"{'it is' if len(unknown) == 1 else 'they are'} read as an unknown word", file=sys.stderr)
     channels, height, width = pipe.image_shape
     inputs: dict[str, Any] = {}
     if args.init_image is not None:
