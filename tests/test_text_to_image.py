@@ -306,3 +306,29 @@ def test_bad_arguments_are_refused_with_a_config_error(pipe, init_image, kwargs,
     prompt = kwargs.pop("prompt", PROMPT)
     with pytest.raises(ConfigError, match=message):
         pipe(prompt, num_inference_steps=kwargs.pop("num_inference_steps", 1), **kwargs)
+
+
+def test_text_to_image_training_resumes_stage_by_stage_and_refuses_changed_settings(tmp_path, capsys):
+    import json
+
+    from minisd.cli import main
+    from t2i_fixtures import TINY_TEXT_TO_IMAGE
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY_TEXT_TO_IMAGE, "--set", "unet.train.checkpoint_every=1", "--out", str(run)]) == 0
+    stage_checkpoints = {stage: (run / stage / "checkpoint/config.json").read_bytes()
+                         for stage in ("autoencoder", "text_encoder")}
+    first_model = (run / "model/unet/model.safetensors").read_bytes()
+    # The same command again would overwrite the run: refused; --resume continues it.
+    assert main(["train", *TINY_TEXT_TO_IMAGE, "--out", str(run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--no-progress", "--set", "unet.train.steps=5"]) == 0
+    assert json.loads((run / "unet/checkpoint/config.json").read_text())["step"] == 5
+    assert {stage: (run / stage / "checkpoint/config.json").read_bytes() for stage in stage_checkpoints} == \
+        stage_checkpoints  # finished stages are kept as they were
+    assert (run / "model/unet/model.safetensors").read_bytes() != first_model  # the model folder is written again
+    assert len(json.loads((run / "timings.json").read_text())) == 2
+    # A finished stage trained with other settings is not silently kept.
+    assert main(["train", "--out", str(run), "--resume", "--no-progress",
+                 "--set", "autoencoder.model.kl_weight=0.5", "--set", "unet.train.steps=6"]) == 2
+    assert "autoencoder.model.kl_weight" in capsys.readouterr().err

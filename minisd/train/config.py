@@ -258,16 +258,22 @@ def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str,
 def differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """The settings ``requested`` gives another value than ``saved`` has, as ``"section.key: saved -> requested"``.
 
-    Only the keys ``requested`` names are compared: a setting it leaves out keeps the saved value.
+    Only the keys ``requested`` names are compared (in nested tables too): a setting it leaves out keeps the
+    saved value.
     Values are compared as JSON stores them (tuples are lists).
     """
     def normal(value: Any) -> Any:
         return json.loads(json.dumps(value))
 
-    changed = []
-    for section in SECTIONS:
-        for key, value in requested.get(section, {}).items():
-            before = saved.get(section, {}).get(key, "(not set)")
-            if normal(value) != normal(before):
-                changed.append(f"{section}.{key}: {before!r} -> {value!r}")
-    return changed
+    def compare(prefix: str, saved_table: dict[str, Any], requested_table: dict[str, Any]) -> list[str]:
+        changed = []
+        for key, value in requested_table.items():
+            before = saved_table.get(key, "(not set)")
+            if isinstance(value, dict) and isinstance(before, dict):  # a nested table: only the keys it names
+                changed += compare(f"{prefix}{key}.", before, value)
+            elif normal(value) != normal(before):
+                changed.append(f"{prefix}{key}: {before!r} -> {value!r}")
+        return changed
+
+    return [change for section in SECTIONS
+            for change in compare(f"{section}.", saved.get(section, {}), requested.get(section, {}))]

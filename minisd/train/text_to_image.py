@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from minisd.errors import ConfigError
-from minisd.train.checkpoint import find_checkpoint, read_checkpoint_config
+from minisd.train.checkpoint import find_checkpoint, load, read_checkpoint_config
+from minisd.train.config import differences
 from minisd.train.run import load_captioned_split
 
 STAGES = ("autoencoder", "text_encoder", "unet")
@@ -76,16 +77,27 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return folder is not None and read_checkpoint_config(folder).get("step") == steps
 
 
+def _check_unchanged(run_dir: Path, run_config: dict[str, Any]) -> None:
+    """Refuse to continue (or keep) a stage whose saved settings differ from the config's, but for train.steps."""
+    changed = [f"{run_dir.name}.{change}" for change in differences(read_checkpoint_config(run_dir), run_config)
+               if not change.startswith("train.steps:")]
+    if changed:
+        raise ConfigError(f"the {run_dir.name} stage in {run_dir.parent} was trained with other settings: "
+                          f"{'; '.join(changed)}. Continue with the settings it was saved with, or start a new run "
+                          f"with another --out")
+
+
 def _stage_run(run_config: dict[str, Any], run_dir: Path, **options: Any) -> None:
     """Train one ordinary stage, resuming it if it was started and skipping it if it is done."""
     from minisd.train.run import train_from_config
 
+    if find_checkpoint(run_dir) is not None:
+        _check_unchanged(run_dir, run_config)
     if _finished(run_dir, run_config["train"]["steps"]):
         print(f"{run_dir.name}: already trained, kept")
         return
-    resume = find_checkpoint(run_dir) is not None
-    train_from_config(run_config if not resume else {"train": {"steps": run_config["train"]["steps"]}}, run_dir,
-                      resume=resume, **options)
+    # Resumed with the whole stage config: a setting changed since the stage started is refused, not ignored.
+    train_from_config(run_config, run_dir, resume=find_checkpoint(run_dir) is not None, **options)
 
 
 class _WithLatents:
@@ -104,7 +116,6 @@ class _WithLatents:
 
 def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path, text_encoder_run: Path, *,
                 data_dir: str | None, device: str, progress: bool) -> None:
-    import minisd
     from minisd.models.latent_autoencoder import encode_dataset
     from minisd.models.latent_diffusion import LatentDiffusion
     from minisd.models.diffusion import DiffusionModel
@@ -112,13 +123,15 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
     from minisd.train.loop import train
 
     config = train_config(run_config)
+    resume = find_checkpoint(run_dir) is not None
+    if resume:
+        _check_unchanged(run_dir, run_config)
     if _finished(run_dir, config.steps):
         print(f"{run_dir.name}: already trained, kept")
         return
-    resume = find_checkpoint(run_dir) is not None
     data = asdict(data_config(run_config))
     train_set, test_set = (load_captioned_split(data, split, data_dir) for split in ("train", "test"))
-    autoencoder, text_encoder = minisd.load(autoencoder_run), minisd.load(text_encoder_run)
+    autoencoder, text_encoder = load(autoencoder_run), load(text_encoder_run)
     settings = {k: v for k, v in run_config["model"].items() if k not in ("type", "unet")}
     torch.manual_seed(config.seed)
     unet = DiffusionModel(**{**run_config["model"].get("unet", {}), "image_shape": list(autoencoder.latent_shape),
@@ -131,8 +144,7 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
     # On resume the checkpoint brings the scale back (it is a buffer of the model) before the cache is made.
     started = time.perf_counter()
     if resume:
-        from minisd.train.checkpoint import load as load_checkpoint
-        model.autoencoder.latent_scale.copy_(load_checkpoint(run_dir).autoencoder.latent_scale)
+        model.autoencoder.latent_scale.copy_(load(run_dir).autoencoder.latent_scale)
     latents = {split: encode_dataset(model.autoencoder, data.images, progress=progress)
                for split, data in (("train", train_set), ("test", test_set))}
     print(f"encoded {len(train_set) + len(test_set)} images to latents {tuple(latents['train'].shape[1:])} "
@@ -146,12 +158,11 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
 def held_out_report(run_dir: Path, *, data_dir: str | None, num_images: int = 2000) -> dict[str, Any]:
     """What the two frozen parts reach on the test split: the autoencoder's reconstruction error, and the text
     encoder's caption-to-image retrieval among 100 with captions in the held-out templates."""
-    import minisd
     from minisd.eval.reconstruction import reconstruction_report
 
     config = read_checkpoint_config(run_dir / "unet")
     test_set = load_captioned_split({**config["data"], "num_images": num_images}, "test", data_dir)
-    model = minisd.load(run_dir / "unet")
+    model = load(run_dir / "unet")
     torch.manual_seed(0)
     captions = test_set.captions(torch.arange(len(test_set)), templates="heldout") \
         if hasattr(test_set, "captions") else []
@@ -205,7 +216,6 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     """
     import shutil
 
-    import minisd
     from minisd.pipelines import save_model_folder
     from minisd.pipelines.model_folder import is_model_folder
 
@@ -242,7 +252,7 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
         shutil.rmtree(folder)
     held_out = held_out_report(run_dir, data_dir=data_dir)
     (run_dir / "held_out.json").write_text(json.dumps(held_out, indent=2) + "\n")
-    save_model_folder(minisd.load(run_dir / "unet"), folder, data=read_checkpoint_config(run_dir / "unet")["data"],
+    save_model_folder(load(run_dir / "unet"), folder, data=read_checkpoint_config(run_dir / "unet")["data"],
                       card=_model_card(run_dir, timings, held_out))
     print(f"text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
     return folder
