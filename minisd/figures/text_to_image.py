@@ -76,7 +76,7 @@ def editing_figure(pipe: TextToImagePipeline, prompt: str, edit_prompt: str, pat
     _, height, width = pipe.image_shape
     mask = torch.zeros(1, 1, height, width)
     mask[..., width // 2:] = 1
-    panels = [(image[0], f"{prompt!r}")]
+    panels = [(image[0], "the init image")]
     for strength in (0.3, 0.6, 0.9):
         edited = pipe(edit_prompt, image=image, strength=strength, generator=_generator(pipe, seed), output_type="pt")
         panels.append((edited.images[0], f"strength {strength}"))
@@ -86,7 +86,7 @@ def editing_figure(pipe: TextToImagePipeline, prompt: str, edit_prompt: str, pat
     for ax, (picture, title) in zip(fig.subplots(1, len(panels)), panels):
         _show(ax, picture)
         ax.set_title(title, fontsize=7)
-    fig.suptitle(f"image-to-image and inpainting towards {edit_prompt!r}", fontsize=9)
+    fig.suptitle(f"{prompt!r}, then image-to-image and inpainting towards {edit_prompt!r}", fontsize=8)
     return save_figure(fig, path)
 
 
@@ -94,7 +94,8 @@ def make_text_to_image_figures(pipe: TextToImagePipeline, out_dir: Path, *, seed
     """The chapter's three figures, with prompts for the model's data (digits or shapes)."""
     shapes = pipe.image_shape[0] == 3
     prompts = SHAPES_PROMPTS if shapes else DIGIT_PROMPTS
-    edit = (prompts[0], prompts[1]) if shapes else ("a handwritten digit 3", "a handwritten digit 8")
+    edit = ((prompts[0], "a small red circle to the left of a yellow triangle") if shapes
+            else ("a handwritten digit 3", "a handwritten digit 8"))
     return {"prompt_grid": prompt_grid_figure(pipe, prompts, out_dir / "prompt_grid.png", seed=seed),
             "attention": attention_figure(pipe, prompts[0] if shapes else "a thick handwritten digit 7",
                                           out_dir / "attention.png", seed=seed),
