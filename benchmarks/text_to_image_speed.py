@@ -43,13 +43,12 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from minisd.runtime import configure_threads
+from minisd.runtime import configure_threads, cpu_name
 
 try:
     import tomllib
@@ -297,16 +296,6 @@ def text_encoding_seconds(model: LatentDiffusion, repeats: int = 20) -> float:
         model.encode_prompts([""] * IMAGES, allow_empty=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def report(found: list[dict[str, Any]], pipe: TextToImagePipeline, rounds: int) -> None:

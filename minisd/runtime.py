@@ -78,3 +78,17 @@ def configure_threads(threads: int | None = None) -> int:
 
     torch.set_num_threads(threads)
     return threads
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), else what the platform module says."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from minisd.errors import ConfigError
+from minisd.runtime import cpu_name
 from minisd.train.checkpoint import find_checkpoint, load, read_checkpoint_config
 from minisd.train.config import differences
 from minisd.train.run import load_captioned_split
@@ -31,17 +31,6 @@ from minisd.train.run import load_captioned_split
 STAGES = ("autoencoder", "text_encoder", "unet")
 STAGE_MODEL_TYPES = {"autoencoder": "latent_autoencoder", "text_encoder": "clip", "unet": "latent_diffusion"}
 MODEL_FOLDER = "model"
-
-
-def _cpu_name() -> str:
-    """The processor's model name (Linux), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def is_text_to_image_config(config: dict[str, Any]) -> bool:
@@ -245,7 +234,7 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     timings_file = run_dir / "timings.json"
     timings = [*(json.loads(timings_file.read_text()) if timings_file.exists() else []),
                {"command": command, "seconds": seconds, "threads": torch.get_num_threads(),
-                "cpu": _cpu_name()}]
+                "cpu": cpu_name()}]
     timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     folder = run_dir / MODEL_FOLDER
     if is_model_folder(folder):
