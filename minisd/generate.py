@@ -74,12 +74,11 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     import torch
 
     import minisd
-    from minisd.images import make_grid
+    from minisd.images import make_grid, to_pil
     from minisd.outputs import check_writable
     from minisd.pipelines import TextToImagePipeline
     from minisd.pipelines.inputs import load_image, load_mask, sha256_file
     from minisd.pipelines.png_settings import save_png
-    from minisd.pipelines.text_to_image import to_pil
     from minisd.runtime import resolve_device
     from minisd.version import __version__
 

@@ -6,7 +6,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -28,6 +27,12 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     return grid
 
 
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """``(N, C, H, W)`` in [0, 1] -> N PIL images (grey for one channel, RGB for three)."""
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+
+
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int | None = None, scale: int = 2,
                     overwrite: bool = False) -> Path:
     """Write ``(B, C, H, W)`` images in [0, 1] as one image grid (PNG, or another format by the suffix),
@@ -35,10 +40,7 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int 
     path = check_writable(path, overwrite, suffixes=IMAGE_SUFFIXES, what="image")
     if not torch.isfinite(images).all():
         raise SamplingError(f"the images hold NaN or infinite values; nothing was written to {path}")
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow)
-    array = (grid.numpy() * 255).round().astype(np.uint8)
-    array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
-    image = Image.fromarray(array)
+    image = to_pil(make_grid(images.detach().float().cpu().clamp(0, 1), nrow)[None])[0]
     if scale != 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     image.save(make_parent(path))

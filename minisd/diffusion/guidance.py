@@ -33,7 +33,8 @@ from minisd.errors import ConfigError
 NoisyClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_scale(scale: float) -> float:
+def check_scale(scale: float) -> float:
+    """A guidance scale as a float; anything but a finite number is a ConfigError."""
     if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)):
         raise ConfigError(f"the guidance scale must be a finite number, got {scale!r}")
     return float(scale)
@@ -66,7 +67,7 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, uncond: Condition):
-        self.denoiser, self.scale, self.uncond = denoiser, _check_scale(scale), uncond
+        self.denoiser, self.scale, self.uncond = denoiser, check_scale(scale), uncond
         self.schedule = denoiser.schedule
 
     def unconditional(self, batch_size: int) -> Condition:
@@ -130,7 +131,7 @@ class ClassifierGuidance:
     """
 
     def __init__(self, denoiser: Denoiser, classifier: NoisyClassifierFn, scale: float, labels: torch.Tensor):
-        self.denoiser, self.classifier, self.scale, self.labels = denoiser, classifier, _check_scale(scale), labels
+        self.denoiser, self.classifier, self.scale, self.labels = denoiser, classifier, check_scale(scale), labels
         self.schedule = denoiser.schedule
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:

@@ -92,7 +92,7 @@ def generate_for_prompts(
     **sampler_args: Any,
 ) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
     """``counts[i]`` images of each ``prompts[i]``: images ``(N, C, H, W)`` in [0, 1] (CPU), each image's prompt,
-    and the settings the pipeline ran with (steps, sampler, guidance scale).
+    and the settings the pipeline ran with (steps, sampler, guidance scale, seed, sampler arguments).
 
     ``pipe`` is a :class:`~minisd.pipelines.TextToImagePipeline`. Each call's generator is seeded from
     ``seed`` and the call's first prompt (see the module docstring).
@@ -113,7 +113,7 @@ def generate_for_prompts(
         settings = {key: output.settings[key] for key in ("steps", "sampler", "guidance_scale")}
         bar.update(len(output.images))
     bar.close()
-    return torch.cat(images), image_prompts, {**settings, **sampler_args}
+    return torch.cat(images), image_prompts, {**settings, "seed": seed, **sampler_args}
 
 
 @torch.no_grad()
@@ -204,32 +204,26 @@ def evaluate_digits(
     classifier: Any,
     *,
     samples_per_prompt: int = 200,
-    steps: int = 20,
-    guidance_scale: float | None = None,
-    sampler: str | None = None,
-    seed: int = 0,
-    batch_size: int = 100,
     test_images: torch.Tensor | None = None,
-    progress: bool = True,
-    **sampler_args: Any,
+    **sampling: Any,
 ) -> dict[str, Any]:
     """Prompt adherence of a digits text-to-image ``pipe`` on :func:`digit_prompts`, read by ``classifier``.
 
     ``samples_per_prompt`` for each acceptance prompt, a tenth of it (at least 1) for each attribute prompt.
     With ``test_images`` ``(M, 1, 28, 28)``, also ``FID-MNIST``: the acceptance samples against as many test
-    images. Returns :func:`digit_adherence`'s accuracies with the sample counts and the sampling settings.
+    images. ``sampling``: :func:`generate_for_prompts`'s keywords (steps, guidance_scale, sampler, seed,
+    batch_size, progress, sampler arguments). Returns :func:`digit_adherence`'s accuracies with the sample
+    counts and the sampling settings.
     """
     _check_image_shape(pipe, classifier)
     prompts = digit_prompts()
     counts = [samples_per_prompt if index < 10 else max(1, samples_per_prompt // ATTRIBUTE_SAMPLES_DIVISOR)
               for index in range(len(prompts))]
-    images, image_prompts, settings = generate_for_prompts(
-        pipe, prompts, counts, steps=steps, guidance_scale=guidance_scale, sampler=sampler, seed=seed,
-        batch_size=batch_size, progress=progress, **sampler_args)
+    images, image_prompts, settings = generate_for_prompts(pipe, prompts, counts, **sampling)
     predicted = predict_in_batches(classifier, images)
     acceptance = 10 * samples_per_prompt  # the first images: the acceptance prompts come first
     results: dict[str, Any] = {"task": "digits", "prompts": len(prompts), "samples": len(images),
-                               "acceptance_samples": acceptance, **settings, "seed": seed,
+                               "acceptance_samples": acceptance, **settings,
                                **digit_adherence(image_prompts, images, predicted)}
     if test_images is not None:
         reference = test_images[:acceptance]
@@ -314,27 +308,20 @@ def evaluate_shapes(
     *,
     samples_per_prompt: int = SHAPES_SAMPLES_PER_PROMPT,
     prompts: Sequence[str] | None = None,
-    steps: int = 20,
-    guidance_scale: float | None = None,
-    sampler: str | None = None,
-    seed: int = 0,
-    batch_size: int = 100,
     test_images: torch.Tensor | None = None,
-    progress: bool = True,
-    **sampler_args: Any,
+    **sampling: Any,
 ) -> dict[str, Any]:
     """Prompt adherence of a shapes text-to-image ``pipe`` on ``prompts`` (default :func:`shapes_prompts`),
     read by ``attribute_classifier``: :func:`shapes_adherence`'s accuracies, the sample counts and settings,
     and with ``test_images`` ``(M, 3, 32, 32)`` ``FID-shapes``, every sample against as many test images on
-    the attribute classifier's features."""
+    the attribute classifier's features. ``sampling``: as for :func:`evaluate_digits`."""
     _check_image_shape(pipe, attribute_classifier)
     prompts = list(shapes_prompts() if prompts is None else prompts)
-    images, image_prompts, settings = generate_for_prompts(
-        pipe, prompts, [samples_per_prompt] * len(prompts), steps=steps, guidance_scale=guidance_scale,
-        sampler=sampler, seed=seed, batch_size=batch_size, progress=progress, **sampler_args)
+    images, image_prompts, settings = generate_for_prompts(pipe, prompts, [samples_per_prompt] * len(prompts),
+                                                           **sampling)
     predictions = predict_in_batches(attribute_classifier, images)
     results: dict[str, Any] = {"task": "shapes", "prompts": len(prompts), "samples": len(images), **settings,
-                               "seed": seed, **shapes_adherence(image_prompts, predictions)}
+                               **shapes_adherence(image_prompts, predictions)}
     if test_images is not None:
         reference = test_images[:len(images)]
         results["FID-shapes"] = fid(attribute_classifier, images, reference)

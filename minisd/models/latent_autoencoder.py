@@ -3,7 +3,7 @@
 Rombach et al. (2022) train the diffusion model not on pixels but on the latents of an autoencoder
 that shrinks each side by a factor f, here 4: a 1x28x28 digit becomes a 4x7x7 latent (196 numbers
 for 784 pixels), a 3x32x32 image a 4x8x8 one. The latent keeps the image's layout, so the same
-UNet denoises it; each diffusion step costs about f^2 = 16 times less.
+UNet denoises it, at f^2 = 16 times fewer positions per layer.
 
 The encoder is a VAE's (Luo (2022), sec. "Variational Autoencoders"): it outputs a diagonal Gaussian
 q(z|x) = N(mean(x), diag(exp(logvar(x)))) over the latent feature map (eq. 20), and training

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from minisd.diffusion.guidance import ClassifierFreeGuidance
+from minisd.diffusion.guidance import ClassifierFreeGuidance, check_scale
 from minisd.diffusion.inpainting import InpaintingDenoiser
 from minisd.diffusion.samplers import check_sampler_args
 from minisd.diffusion.samplers import sample as run_sampler
 from minisd.errors import ConfigError
+from minisd.images import to_pil
 from minisd.models.latent_diffusion import LatentDiffusion
 from minisd.nn.attention import record_cross_attention
 from minisd.pipelines.inputs import image_to_tensor, mask_to_tensor
@@ -50,12 +51,6 @@ class PipelineOutput:
     tokens: list[list[str]] = field(default_factory=list)
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """``(N, C, H, W)`` in [0, 1] -> N PIL images (grey for one channel, RGB for three)."""
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
-
-
 def _as_list(prompts: str | list[str], what: str) -> list[str]:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -64,8 +59,7 @@ def _as_list(prompts: str | list[str], what: str) -> list[str]:
 
 
 def _check_guidance(scale: Any) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not torch.isfinite(torch.tensor(float(scale))):
-        raise ConfigError(f"the guidance scale must be a finite number, got {scale!r}")
+    scale = check_scale(scale)
     if scale < 0:
         raise ConfigError(f"the guidance scale must be 0 or more (0: ignore the prompt, 1: plain conditional), "
                           f"got {scale}")

@@ -144,14 +144,14 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
 
 
 @torch.no_grad()
-def held_out_report(run_dir: Path, *, data_dir: str | None, num_images: int = 2000) -> dict[str, Any]:
-    """What the two frozen parts reach on the test split: the autoencoder's reconstruction error, and the text
-    encoder's caption-to-image retrieval among 100 with captions in the held-out templates."""
+def held_out_report(model: Any, run_dir: Path, *, data_dir: str | None, num_images: int = 2000) -> dict[str, Any]:
+    """What the two frozen parts of ``model`` (the run's LatentDiffusion) reach on the test split: the
+    autoencoder's reconstruction error, and the text encoder's caption-to-image retrieval among 100 with
+    captions in the held-out templates."""
     from minisd.eval.reconstruction import reconstruction_report
 
     config = read_checkpoint_config(run_dir / "unet")
     test_set = load_captioned_split({**config["data"], "num_images": num_images}, "test", data_dir)
-    model = load(run_dir / "unet")
     torch.manual_seed(0)
     captions = test_set.captions(torch.arange(len(test_set)), templates="heldout") \
         if hasattr(test_set, "captions") else []
@@ -239,9 +239,10 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     folder = run_dir / MODEL_FOLDER
     if is_model_folder(folder):
         shutil.rmtree(folder)
-    held_out = held_out_report(run_dir, data_dir=data_dir)
+    model = load(run_dir / "unet")
+    held_out = held_out_report(model, run_dir, data_dir=data_dir)
     (run_dir / "held_out.json").write_text(json.dumps(held_out, indent=2) + "\n")
-    save_model_folder(load(run_dir / "unet"), folder, data=read_checkpoint_config(run_dir / "unet")["data"],
+    save_model_folder(model, folder, data=read_checkpoint_config(run_dir / "unet")["data"],
                       card=_model_card(run_dir, timings, held_out))
     print(f"text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
     return folder
