@@ -308,6 +308,24 @@ def test_bad_arguments_are_refused_with_a_config_error(pipe, init_image, kwargs,
         pipe(prompt, num_inference_steps=kwargs.pop("num_inference_steps", 1), **kwargs)
 
 
+def test_a_crash_in_the_unet_stage_keeps_the_time_of_the_finished_stages(tmp_path, monkeypatch):
+    import json
+
+    from minisd.cli import main
+    from minisd.train import text_to_image
+    from t2i_fixtures import TINY_TEXT_TO_IMAGE
+
+    def power_cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(text_to_image, "_train_unet", power_cut)
+    run = tmp_path / "run"
+    assert main(["train", *TINY_TEXT_TO_IMAGE, "--out", str(run)]) == 130  # interrupted, as by Ctrl-C
+    (entry,) = json.loads((run / "timings.json").read_text())
+    assert set(entry["seconds"]) == {"autoencoder", "text_encoder"}
+    assert all(seconds > 0 for seconds in entry["seconds"].values())
+
+
 def test_text_to_image_training_resumes_stage_by_stage_and_refuses_changed_settings(tmp_path, capsys):
     import json
 

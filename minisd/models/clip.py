@@ -9,7 +9,9 @@ Two towers map into one ``embed_dim``-dimensional space, both outputs L2-normali
 Training pulls each image towards its own caption and away from the batch's other captions, and
 vice versa. What the text-to-image model keeps is the text tower's *per-token* output,
 :meth:`ContrastiveTextImage.encode_text`, which its UNet cross-attends to: contrastive training
-makes those vectors carry what the image shows.
+makes those vectors carry what the image shows. It does not make them say which word goes with which
+object (a bag of words wins it); ``layout_weight > 0`` adds :class:`~minisd.text.LayoutDecoder`'s loss,
+which does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from minisd.errors import CheckpointError, ConfigError
 from minisd.eval import retrieval
 from minisd.models.base import Model
 from minisd.nn.conv import conv_stage
-from minisd.text import TextEncoder, Tokenizer
+from minisd.text import LayoutDecoder, TextEncoder, Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1 / temperature: beyond it training became unstable (Radford et al.)
@@ -45,16 +47,21 @@ class ContrastiveTextImage(Model):
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), vocab_size: int = 1000,
                  max_length: int = 24, text_dim: int = 64, text_depth: int = 2, text_heads: int = 4,
-                 embed_dim: int = 64, image_channels: list[int] = (32, 64), temperature_init: float = 0.07):
+                 embed_dim: int = 64, image_channels: list[int] = (32, 64), temperature_init: float = 0.07,
+                 layout_weight: float = 0.0, layout_side: int = 8):
         super().__init__(image_shape=list(image_shape), vocab_size=vocab_size, max_length=max_length,
                          text_dim=text_dim, text_depth=text_depth, text_heads=text_heads, embed_dim=embed_dim,
-                         image_channels=list(image_channels), temperature_init=temperature_init)
+                         image_channels=list(image_channels), temperature_init=temperature_init,
+                         layout_weight=layout_weight, layout_side=layout_side)
         in_channels, side, _ = image_shape
         if side % 2 ** len(image_channels):
             raise ConfigError(f"image side {side} is not divisible by 2**{len(image_channels)}; "
                               "use fewer image_channels stages")
         if not 0 < temperature_init <= 1:
             raise ConfigError(f"temperature_init must lie in (0, 1], got {temperature_init}")
+        if not (layout_weight >= 0 and math.isfinite(layout_weight)) or not 1 <= layout_side <= side:
+            raise ConfigError(f"layout_weight must be a finite number >= 0 and layout_side lie in [1, {side}], got "
+                              f"{layout_weight} and {layout_side}")
         widths = [in_channels, *image_channels]
         bottom_side = side // 2 ** len(image_channels)
         self.image_encoder = nn.Sequential(*(conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
@@ -63,6 +70,9 @@ class ContrastiveTextImage(Model):
         self.text_projection = nn.Linear(text_dim, embed_dim)
         # Learned in log space, so it stays positive and its steps are relative; CLIP starts at 1 / 0.07.
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature_init)))
+        # Only a training aid (see minisd.text.layout): without it, a bag of words wins the contrastive loss.
+        self.layout_decoder = LayoutDecoder(text_dim, layout_side, in_channels, num_heads=text_heads) \
+            if layout_weight > 0 else None
         self.tokenizer: Tokenizer | None = None
 
     # --- the tokenizer, learned from the data and stored beside the weights ----------
@@ -145,6 +155,9 @@ class ContrastiveTextImage(Model):
         and spreading the targets over the repeats would change nothing: with tied logits the hard
         and the spread targets give the same value and gradient. Accuracy, though, counts any
         image whose caption has the same tokens as a right answer.
+
+        With ``layout_weight > 0`` the loss adds ``layout_weight`` times the layout decoder's squared error
+        (:class:`~minisd.text.LayoutDecoder`): the tokens must also say where each thing is, and what it is.
         """
         ids, tokens, mask = self._tokens(list(batch["caption"]))
         logits = self.logit_scale * self.image_embedding(batch["image"]) @ self._project_text(tokens, mask).T
@@ -153,7 +166,12 @@ class ContrastiveTextImage(Model):
         # In-batch caption-to-image accuracy: the best-scoring image carries the caption's content.
         same_caption = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # (B, B)
         accuracy = same_caption[targets, logits.T.argmax(dim=1)].double().mean()
-        return loss, {"loss": loss.item(), "accuracy": accuracy.item(), "temperature": 1 / self.logit_scale.item()}
+        metrics = {"accuracy": accuracy.item(), "temperature": 1 / self.logit_scale.item()}
+        if self.layout_decoder is not None:
+            layout_error = self.layout_decoder.loss(tokens, mask, batch["image"])
+            loss = loss + self.hparams["layout_weight"] * layout_error
+            metrics["layout_mse"] = layout_error.item()
+        return loss, {"loss": loss.item(), **metrics}
 
     @torch.no_grad()
     def retrieval_accuracy(self, images: torch.Tensor, captions: list[str], *, k: tuple[int, ...] = (1, 5),

@@ -222,20 +222,21 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "text2image.json").write_text(json.dumps(config, indent=2) + "\n")
     options = {"data_dir": data_dir, "device": device, "progress": progress}
-    seconds = {}
-    for stage in ("autoencoder", "text_encoder"):
-        started = time.perf_counter()
-        _stage_run(stage_config(config, stage), run_dir / stage, **options)
-        seconds[stage] = time.perf_counter() - started
-    started = time.perf_counter()
-    _train_unet(stage_config(config, "unet"), run_dir / "unet", run_dir / "autoencoder", run_dir / "text_encoder",
-                **options)
-    seconds["unet"] = time.perf_counter() - started
+    # One entry per command run on this folder, rewritten as each stage ends: a run that crashes and is
+    # resumed keeps the time of the stages it finished, and the card adds up every command's time.
     timings_file = run_dir / "timings.json"
+    seconds: dict[str, float] = {}
     timings = [*(json.loads(timings_file.read_text()) if timings_file.exists() else []),
-               {"command": command, "seconds": seconds, "threads": torch.get_num_threads(),
-                "cpu": cpu_name()}]
-    timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+               {"command": command, "seconds": seconds, "threads": torch.get_num_threads(), "cpu": cpu_name()}]
+    for stage in STAGES:
+        started = time.perf_counter()
+        if stage == "unet":
+            _train_unet(stage_config(config, stage), run_dir / stage, run_dir / "autoencoder",
+                        run_dir / "text_encoder", **options)
+        else:
+            _stage_run(stage_config(config, stage), run_dir / stage, **options)
+        seconds[stage] = time.perf_counter() - started
+        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     folder = run_dir / MODEL_FOLDER
     if is_model_folder(folder):
         shutil.rmtree(folder)
