@@ -194,17 +194,26 @@ def _coloured_squares(n: int, generator: torch.Generator) -> tuple[torch.Tensor,
     return images, [f"a {names[colour]} square" for colour in colours]
 
 
-def test_clip_loss_falls_and_retrieval_beats_chance_on_coloured_squares():
-    model = _tiny_clip()
-    generator = torch.Generator().manual_seed(0)
+def _train(model: ContrastiveTextImage, make_batch, *, steps: int, batch_size: int,
+           generator: torch.Generator) -> list[tuple[list[str], dict[str, float]]]:
+    """``steps`` Adam steps on batches ``make_batch(batch_size, generator)``; each batch's captions and logs."""
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    excess_losses = []  # above the floor a batch's repeated captions put under the loss: mean log(repeats)
-    for _ in range(100):
-        images, captions = _coloured_squares(16, generator)
+    history = []
+    for _ in range(steps):
+        images, captions = make_batch(batch_size, generator)
         loss, logs = model.loss({"image": images, "caption": captions})
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        history.append((captions, logs))
+    return history
+
+
+def test_clip_loss_falls_and_retrieval_beats_chance_on_coloured_squares():
+    model = _tiny_clip()
+    generator = torch.Generator().manual_seed(0)
+    excess_losses = []  # above the floor a batch's repeated captions put under the loss: mean log(repeats)
+    for captions, logs in _train(model, _coloured_squares, steps=100, batch_size=16, generator=generator):
         floor = sum(math.log(captions.count(caption)) for caption in captions) / len(captions)
         excess_losses.append(logs["loss"] - floor)
     assert sum(excess_losses[-10:]) < 0.2 * sum(excess_losses[:10])
@@ -280,14 +289,7 @@ def test_layout_loss_teaches_the_tokens_which_colour_stands_on_which_side():
                                  text_heads=2, embed_dim=16, image_channels=(8, 16), layout_weight=10.0,
                                  layout_side=2)
     model.prepare(_TwoSquareCaptions())
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(400):
-        images, captions = _two_squares(32, generator)
-        loss, _ = model.loss({"image": images, "caption": captions})
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _train(model, _two_squares, steps=400, batch_size=32, generator=torch.Generator().manual_seed(0))
     model.eval()
     prompts = ["a red square left of a blue square", "a blue square left of a red square"]
     with torch.no_grad():
