@@ -21,7 +21,6 @@ of each run given (a text-to-image run, or a model folder):
 from __future__ import annotations
 
 import argparse
-import re
 import time
 
 import torch
@@ -29,11 +28,12 @@ import torch.nn.functional as F
 
 import minisd
 from minisd.data.captioned import load_captioned
+from minisd.data.captions import phrase_pattern
 from minisd.data.shapes import COLOUR_WORDS
 from minisd.runtime import configure_threads
 from minisd.text import LayoutDecoder
 
-_COLOUR = re.compile(r"\b(" + "|".join(word for words in COLOUR_WORDS for word in words) + r")\b")
+_COLOUR = phrase_pattern([word for words in COLOUR_WORDS for word in words])
 
 
 def colour_swapped(caption: str) -> str | None:
@@ -66,13 +66,15 @@ def train_probe(clip, train_set, steps: int, seed: int = 0) -> LayoutDecoder:
 @torch.no_grad()
 def binding_report(clip, probe: LayoutDecoder, images: torch.Tensor, captions: list[str],
                    twins: list[str]) -> dict[str, float]:
-    pooled = [F.normalize(clip.text_encoder.pooled(*clip.encode_text(texts)), dim=-1) for texts in (captions, twins)]
+    (own_tokens, own_mask), (twin_tokens, twin_mask) = clip.encode_text(captions), clip.encode_text(twins)
+    pooled_own, pooled_twin = (F.normalize(clip.text_encoder.pooled(tokens, mask), dim=-1)
+                               for tokens, mask in ((own_tokens, own_mask), (twin_tokens, twin_mask)))
     image = clip.image_embedding(images)
     own, twin = clip.text_embedding(captions), clip.text_embedding(twins)
     target = F.adaptive_avg_pool2d(images, probe.side)
-    own_error, twin_error = ((probe(*clip.encode_text(texts)) - target).pow(2).flatten(1).mean(1)
-                             for texts in (captions, twins))
-    return {"twin_cosine": (pooled[0] * pooled[1]).sum(1).mean().item(),
+    own_error, twin_error = ((probe(tokens, mask) - target).pow(2).flatten(1).mean(1)
+                             for tokens, mask in ((own_tokens, own_mask), (twin_tokens, twin_mask)))
+    return {"twin_cosine": (pooled_own * pooled_twin).sum(1).mean().item(),
             "clip_preference": ((image * own).sum(1) > (image * twin).sum(1)).float().mean().item(),
             "layout_preference": (own_error < twin_error).float().mean().item(),
             "layout_mse": own_error.mean().item()}
