@@ -17,9 +17,13 @@ import sys
 from pathlib import Path
 
 from minisd.errors import MinisdError
+from minisd.sampler_options import SAMPLER_OPTIONS, add_sampler_option_flags, given_sampler_args
+from minisd.sampler_options import non_negative_number as _non_negative_number
 
 RUNS_DIR = Path("runs")
 MAX_GRID_IMAGES = 10_000  # a 100 x 100 grid; FID and other bulk uses draw their samples without a picture
+MAX_SCATTER_POINTS = 20_000  # a score model's samples in one scatter plot
+SAMPLE_IMAGES, SAMPLE_POINTS = 64, 2000  # minisd sample's default --n: images in a grid, or 2-D points
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,16 +73,6 @@ def _whole_number(low: int, high: int, words: str):
 
 _positive_int = _whole_number(1, sys.maxsize, "a positive integer")
 _seed = _whole_number(0, 2**63 - 1, "from 0 to 2**63 - 1")
-
-
-def _non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
-    return value
 
 
 def _add_common(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -145,31 +139,39 @@ def _run_dir(checkpoint: str) -> Path:
     return path.parent if path.name == "checkpoint" else path
 
 
+def _sampler_flags(args: argparse.Namespace) -> list[str]:
+    """The sampler options given on the command line (those of :func:`_add_sampler_options`), as their flags."""
+    return [*_given_options(args, ("sampler", "steps", "spacing")),
+            *(option.flag for option in SAMPLER_OPTIONS if getattr(args, option.name) is not None)]
+
+
 def _sampler_args(args: argparse.Namespace, model) -> dict:
-    """The diffusion sampler options given on the command line (those of :func:`_add_sampler_options`)."""
-    sampler_args = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing),
-                                      ("eta", args.eta)) if v is not None}
-    if sampler_args and not model.has_samplers:
-        raise MinisdError(f"a {model.model_type} samples in one step: --sampler, --steps, --spacing and --eta "
+    """The diffusion sampler options given on the command line (those of :func:`_add_sampler_options`), checked
+    against the sampler (the model's, unless --sampler) before any work."""
+    sampler_args = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing))
+                    if v is not None}
+    own_args = given_sampler_args(args)
+    if (sampler_args or own_args) and not model.has_samplers:
+        raise MinisdError(f"a {model.model_type} samples in one step: {', '.join(_sampler_flags(args))} "
                           f"are for diffusion models")
     if model.has_samplers:
         from minisd.diffusion.samplers import check_sampler_args
 
-        check_sampler_args(sampler_args.get("sampler", model.sampler),
-                           **{k: v for k, v in sampler_args.items() if k == "eta"})
-    return sampler_args
+        check_sampler_args(sampler_args.get("sampler", model.sampler), **own_args)
+    return {**sampler_args, **own_args}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
-    from minisd.images import IMAGE_SUFFIXES, save_image_grid
+    from minisd.images import IMAGE_SUFFIXES, save_image_grid, save_point_scatter
     from minisd.outputs import check_writable
     from minisd.sampling import draw_samples
 
-    if args.n > MAX_GRID_IMAGES:
-        raise MinisdError(f"--n {args.n} is more images than one grid should hold (at most {MAX_GRID_IMAGES}); "
-                          f"FID draws many samples without a picture: minisd eval RUN --fid-classifier ...")
+    if args.n is not None and args.n > max(MAX_GRID_IMAGES, MAX_SCATTER_POINTS):
+        raise MinisdError(f"--n {args.n} is more than one picture should hold (at most {MAX_GRID_IMAGES} images, or "
+                          f"{MAX_SCATTER_POINTS} points); FID draws many samples without a picture: "
+                          f"minisd eval RUN --fid-classifier ...")
     out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "samples" / f"seed{args.seed}.png"
     check_writable(out, args.overwrite, suffixes=IMAGE_SUFFIXES, what="image")  # before the work, not after
     model = _load(args)
@@ -178,8 +180,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
                           f"minisd generate \"...\" --model {args.checkpoint}")
     if not model.can_sample:
         raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
-    images = draw_samples(model, args.n, generator=torch.Generator(model.device).manual_seed(args.seed),
-                          progress=not args.no_progress, **_sampler_args(args, model))
+    points = model.model_type == "score"
+    n = args.n or (SAMPLE_POINTS if points else SAMPLE_IMAGES)
+    if not points and n > MAX_GRID_IMAGES:
+        raise MinisdError(f"--n {n} is more images than one grid should hold (at most {MAX_GRID_IMAGES}); "
+                          f"FID draws many samples without a picture: minisd eval RUN --fid-classifier ...")
+    sampler_args = _sampler_args(args, model)
+    if points:
+        from minisd.eval.report import POINT_BATCH  # the batches of minisd eval: the same seed, the same samples
+
+        samples = draw_samples(model, n, generator=torch.Generator(model.device).manual_seed(args.seed),
+                               batch_size=POINT_BATCH, progress=not args.no_progress, **sampler_args)
+        own_args = "".join(f", {k} = {v}" for k, v in sampler_args.items() if k not in ("sampler", "steps"))
+        how = (f"{sampler_args.get('sampler', model.sampler)} in {sampler_args.get('steps', model.sample_steps)} "
+               f"steps{own_args}, seed {args.seed}")
+        print(save_point_scatter(samples, out, title=f"{n} samples of {args.checkpoint}\n({how})",
+                                 overwrite=args.overwrite))
+        return
+    images = draw_samples(model, n, generator=torch.Generator(model.device).manual_seed(args.seed),
+                          progress=not args.no_progress, **sampler_args)
     print(save_image_grid(images, out, overwrite=args.overwrite))
 
 
@@ -191,19 +210,19 @@ def _given_options(args: argparse.Namespace, names: tuple[str, ...]) -> list[str
 def _eval_text_to_image(args: argparse.Namespace, folder: Path) -> None:
     """Prompt adherence of a text-to-image model (see :func:`minisd.eval.report.evaluate_text_to_image`)."""
     import minisd
-    from minisd.eval.report import check_adherence_request, evaluate_text_to_image, write_results
+    from minisd.eval.report import BATCH_SIZE, check_adherence_request, evaluate_text_to_image, write_results
     from minisd.runtime import resolve_device
 
-    unsupported = _given_options(args, ("fid_classifier", "num_samples", "bound_steps", "skip_likelihood", "limit",
-                                        "spacing", "raw_weights"))
-    sampler_args = {} if args.eta is None else {"eta": args.eta}
+    unsupported = _given_options(args, ("fid_classifier", "fid_samples", "num_samples", "bound_steps",
+                                        "skip_likelihood", "limit", "spacing", "raw_weights", "likelihood", "points"))
+    sampler_args = given_sampler_args(args)
     dataset = check_adherence_request(folder, classifier=args.classifier, json_path=args.json,
                                       overwrite=args.overwrite, unsupported_options=unsupported, sampler=args.sampler,
                                       steps=args.steps, **sampler_args)
     pipe = minisd.load(args.checkpoint, device=resolve_device(args.device))
     results = evaluate_text_to_image(
         pipe, dataset, args.classifier, samples_per_prompt=args.samples_per_prompt, steps=args.steps,
-        guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
+        guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, batch_size=args.batch_size or BATCH_SIZE,
         data_dir=args.data_dir, progress=not args.no_progress, **sampler_args)
     write_results(results, args.json)
 
@@ -226,23 +245,51 @@ def cmd_eval(args: argparse.Namespace) -> None:
         run = run.parent.parent if run.name == "checkpoint" else run.parent
         raise MinisdError(f"{args.checkpoint} is the UNet stage of a text-to-image run; evaluate the whole model: "
                           f"minisd eval {run} --classifier ...")
+    if config["model"].get("type") == "score":
+        _eval_score_model(args, config)
+        return
+    if args.points is not None:
+        raise MinisdError(f"--points: the samples of a score model's two-sample test; {args.checkpoint} is not one "
+                          f"(for FID pass --fid-classifier and --fid-samples)")
+    from minisd.eval.report import BATCH_SIZE, FID_SAMPLES
+
+    fid_samples = args.fid_samples or FID_SAMPLES
     check_eval_request(config, checkpoint=args.checkpoint, fid_classifier=args.fid_classifier,
-                       fid_samples=args.fid_samples, bound_steps=args.bound_steps,
-                       sampler_options_given=bool(_given_options(args, ("sampler", "steps", "spacing", "eta"))),
-                       json_path=args.json, overwrite=args.overwrite, data_dir=args.data_dir)
+                       fid_samples=fid_samples, bound_steps=args.bound_steps, sampler_options=_sampler_flags(args),
+                       json_path=args.json, overwrite=args.overwrite, data_dir=args.data_dir,
+                       likelihood=args.likelihood or "bound", num_samples=args.num_samples)
     model = _load(args)
     results = evaluate_checkpoint(
         model, config, checkpoint=args.checkpoint, split=args.split, num_samples=args.num_samples,
-        bound_steps=args.bound_steps, fid_classifier=args.fid_classifier, fid_samples=args.fid_samples,
+        bound_steps=args.bound_steps, fid_classifier=args.fid_classifier, fid_samples=fid_samples,
         sampler_args=_sampler_args(args, model) if args.fid_classifier else None,
-        skip_likelihood=args.skip_likelihood, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-        data_dir=args.data_dir, progress=not args.no_progress)
+        skip_likelihood=args.skip_likelihood, limit=args.limit, batch_size=args.batch_size or BATCH_SIZE,
+        seed=args.seed, data_dir=args.data_dir, progress=not args.no_progress, likelihood=args.likelihood or "bound")
+    write_results(results, args.json)
+
+
+def _eval_score_model(args: argparse.Namespace, config: dict) -> None:
+    """Exact likelihood and two-sample statistics of a score model (see
+    :func:`minisd.eval.report.evaluate_score_model`)."""
+    from minisd.eval.report import (POINT_BATCH, POINTS, check_score_eval_request, evaluate_score_model,
+                                    write_results)
+
+    points = args.points or POINTS
+    check_score_eval_request(config, checkpoint=args.checkpoint, points=points, likelihood=args.likelihood,
+                             unsupported_options=_given_options(args, ("fid_classifier", "fid_samples", "num_samples",
+                                                                       "bound_steps")),
+                             json_path=args.json, overwrite=args.overwrite)
+    model = _load(args)
+    results = evaluate_score_model(model, config, checkpoint=args.checkpoint, split=args.split, points=points,
+                                   sampler_args=_sampler_args(args, model), skip_likelihood=args.skip_likelihood,
+                                   limit=args.limit, batch_size=args.batch_size or POINT_BATCH, seed=args.seed,
+                                   progress=not args.no_progress)
     write_results(results, args.json)
 
 
 # Which model types each chapter's figures draw.
 FIGURE_MODELS = {"vae": ("vae", "autoencoder", "hvae"), "autoencoder": ("autoencoder", "vae", "hvae"),
-                 "diffusion": ("diffusion",)}
+                 "diffusion": ("diffusion",), "score": ("score",)}
 
 
 def _text_to_image_figures(args: argparse.Namespace) -> dict:
@@ -295,6 +342,19 @@ def cmd_figures(args: argparse.Namespace) -> None:
                                                 else Path("figures/diffusion"))
         paths = make_diffusion_figures(out, model=_load(args) if args.checkpoint else None, image=image,
                                        seed=args.seed, overwrite=args.overwrite)
+    elif args.chapter == "score":
+        from minisd.data.toys import TOYS
+        from minisd.figures.score import make_score_figures
+
+        toy = config.get("data", {}).get("dataset") if config else "gmm"
+        if toy not in TOYS:
+            raise MinisdError(f"{args.checkpoint} was trained on {toy}; the score figures draw a model of a 2-D toy "
+                              f"({', '.join(TOYS)})")
+        out = Path(args.out) if args.out else (_run_dir(args.checkpoint) / "figures" if args.checkpoint
+                                                else Path("figures/score"))
+        # Without a checkpoint a small model is trained on the gmm toy first (about 15 s), with a progress bar.
+        paths = make_score_figures(out, model=_load(args) if args.checkpoint else None, toy=toy, seed=args.seed,
+                                   overwrite=args.overwrite, progress=not args.checkpoint)
     else:
         if not args.checkpoint:
             raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")
@@ -317,15 +377,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _add_sampler_options(parser: argparse.ArgumentParser, purpose: str = "") -> None:
-    """--sampler, --steps, --spacing, --eta: how a diffusion model draws its samples."""
+    """--sampler, --steps, --spacing, and each sampler's own (--eta, --snr, --ode-method, ...: the table of
+    :mod:`minisd.sampler_options`): how a diffusion model draws its samples."""
     parser.add_argument("--sampler", choices=_LazyChoices(_sampler_names), metavar="SAMPLER",
                         help=f"diffusion sampler {purpose}(default: the model's): %(choices)s")
     parser.add_argument("--steps", type=_positive_int, help="diffusion sampling steps, not denoiser evaluations: "
                                                             "heun spends 2 per step (default: the model's)")
     parser.add_argument("--spacing", choices=_LazyChoices(_spacing_names), metavar="SPACING",
                         help="time grid of the steps (default: log_snr, uniform in log-SNR): %(choices)s")
-    parser.add_argument("--eta", type=_non_negative_number,
-                        help="noise of ddim (at most 1) / euler_ancestral / dpmpp_2m(_sde) (0: deterministic)")
+    add_sampler_option_flags(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,14 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true", help="hide the progress bars")
         return sub
 
-    sample = checkpoint_command("sample", "draw samples from a trained model and write an image grid")
-    sample.add_argument("--n", type=_positive_int, default=64, help=f"number of images (at most {MAX_GRID_IMAGES})")
+    sample = checkpoint_command("sample", "draw samples from a trained model and write an image grid (a scatter plot "
+                                          "for a score model of 2-d points)")
+    sample.add_argument("--n", type=_positive_int,
+                        help=f"number of images (default {SAMPLE_IMAGES}, at most {MAX_GRID_IMAGES}), or of points "
+                             f"of a score model (default {SAMPLE_POINTS}, at most {MAX_SCATTER_POINTS})")
     sample.add_argument("--out", help="image path, .png (default: <run>/samples/seed<SEED>.png)")
     _add_sampler_options(sample)
     _add_common(sample, data=False)
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = checkpoint_command("eval", "likelihood bounds and FID of a generative model; prompt adherence "
+    evaluate = checkpoint_command("eval", "likelihood bounds and FID of a generative model; exact likelihood and "
+                                          "two-sample statistics of a score model of 2-d points; prompt adherence "
                                           "and FID of a text-to-image model (with --classifier)")
     evaluate.add_argument("--split", choices=["train", "test"], default="test", help="which images to score "
                                                                                    "(default: test)")
@@ -376,10 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "diffusion: bound estimates averaged per image (default 1)")
     evaluate.add_argument("--bound-steps", type=_positive_int, metavar="T",
                           help="diffusion: the bound of the T-step discrete-time model (default: continuous time)")
+    evaluate.add_argument("--likelihood", choices=["bound", "ode"],
+                          help="diffusion: the variational bound (bound, default) or the probability-flow ODE's "
+                               "bound on dequantised images, by Hutchinson's trace (ode; slow: try --limit)")
     evaluate.add_argument("--fid-classifier", help="a classifier run (minisd train --config classifier_mnist): "
                                                    "also report FID on its features and the samples' class balance")
-    evaluate.add_argument("--fid-samples", type=_positive_int, default=1000, help="samples for FID")
-    evaluate.add_argument("--skip-likelihood", action="store_true", help="report FID only")
+    evaluate.add_argument("--fid-samples", type=_positive_int, help="samples for FID (default 1000)")
+    evaluate.add_argument("--points", type=_positive_int,
+                          help="score models: samples compared with as many held-out points by energy distance and "
+                               "MMD (default 2000)")
+    evaluate.add_argument("--skip-likelihood", action="store_true",
+                          help="report FID only (a score model: the energy distance and MMD only)")
     evaluate.add_argument("--classifier", help="text-to-image models: the run of the classifier that reads the samples "
                                                "(mnist: minisd train --config classifier_mnist; shapes: "
                                                "attributes_shapes); reports prompt adherence and FID")
@@ -388,20 +459,24 @@ def build_parser() -> argparse.ArgumentParser:
                                "that per attribute prompt; 5 for shapes)")
     evaluate.add_argument("--guidance", type=_non_negative_number,
                           help="text-to-image models: classifier-free guidance scale (default: the model's)")
-    _add_sampler_options(evaluate, purpose="for the FID samples ")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=100,
+    _add_sampler_options(evaluate, purpose="for the FID samples, or a score model's samples ")
+    evaluate.add_argument("--batch-size", type=_positive_int,
                           help="images per likelihood batch, or per sampling call of a text-to-image model "
-                               "(default 100)")
-    evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
+                               "(default 100); points per ODE solve of a score model (default 5000)")
+    evaluate.add_argument("--limit", type=_positive_int, help="evaluate the likelihood of only the first N images "
+                                                              "(or points)")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     figures = commands.add_parser("figures", help="write a chapter's figures",
                                   description="Write a chapter's figures as PNG files.")
-    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "diffusion", "text-to-image"])
+    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "diffusion", "score",
+                                             "text-to-image"])
     figures.add_argument("checkpoint", nargs="?", help="trained model (vae / autoencoder: required; "
                                                        "diffusion: adds the trajectory and sampler figures; "
+                                                       "score: a score model of a 2-D toy, default: train one on "
+                                                       "gmm first; "
                                                        "text-to-image: a model, run or shipped name, default mnist)")
     figures.add_argument("--out", help="folder for the PNG files")
     figures.add_argument("--seed", type=_seed, default=0, help="random seed of the figures' noise and samples")

@@ -3,8 +3,10 @@
 The flags map one to one onto :class:`minisd.pipelines.TextToImagePipeline`'s arguments:
 ``--negative-prompt`` -> ``negative_prompt``, ``--steps`` -> ``num_inference_steps``, ``--guidance`` ->
 ``guidance_scale``, ``--sampler``, ``--seed`` -> ``generator``, ``--n`` -> ``num_images_per_prompt``,
-``--init-image`` -> ``image``, ``--strength``, ``--mask`` -> ``mask_image``. Everything is checked (output path,
-prompt, files) before the model runs, and nothing is written unless the whole generation succeeded.
+``--init-image`` -> ``image``, ``--strength``, ``--mask`` -> ``mask_image``, and each sampler's own arguments
+(``--eta``, ``--snr``, ``--ode-method`` -> ``method``, ...: :mod:`minisd.sampler_options`). Everything is checked
+(output path, prompt, files, sampler arguments) before the model runs, and nothing is written unless the whole
+generation succeeded.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from minisd.errors import ConfigError, MinisdError
+from minisd.sampler_options import SAMPLER_OPTIONS, add_sampler_option_flags, given_sampler_args
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_MODEL = "mnist"
 
-# The settings --from may take from a PNG, and the flag each comes from.
+# The settings --from may take from a PNG, and the flag each comes from (a sampler's own arguments are stored under
+# their names, as the flags of SAMPLER_OPTIONS are).
 _FLAG_OF_SETTING = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
                     "sampler": "sampler", "guidance_scale": "guidance", "strength": "strength",
-                    "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model", "eta": "eta"}
+                    "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model",
+                    **{option.name: option.name for option in SAMPLER_OPTIONS}}
 
 
 def model_path(model: str | None) -> Path:
@@ -87,6 +92,11 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         _settings_from_png(args)
     if args.prompt is None:
         raise ConfigError("give a prompt, e.g. minisd generate \"a handwritten digit 7\", or --from IMAGE.png")
+    sampler_args = given_sampler_args(args)
+    if args.sampler is not None:  # before the work (with the model's own sampler, the pipeline checks them later)
+        from minisd.diffusion.samplers import check_sampler_args
+
+        check_sampler_args(args.sampler, **sampler_args)
     if args.n is None:
         args.n = 1
     if args.seed is None:
@@ -116,7 +126,6 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         inputs["image"] = load_image(args.init_image, size=(height, width), channels=channels)
     if args.mask is not None:
         inputs["mask_image"] = load_mask(args.mask, size=(height, width))
-    sampler_args = {"eta": args.eta} if getattr(args, "eta", None) is not None else {}
 
     generator = torch.Generator(pipe.device).manual_seed(args.seed)
     output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
@@ -143,7 +152,8 @@ def generate_png(prompt: str, out: str | Path, *, model: str | None = None, n: i
     its attribute name, e.g. ``guidance=2.0``); returns the PNG written."""
     flags = {"prompt": prompt, "out": str(out), "model": model, "n": n, "seed": seed, "device": device,
              "overwrite": overwrite, "negative_prompt": None, "steps": None, "guidance": None, "sampler": None,
-             "eta": None, "separate": False, "init_image": None, "strength": None, "mask": None, "from_png": None}
+             "separate": False, "init_image": None, "strength": None, "mask": None, "from_png": None,
+             **{option.name: None for option in SAMPLER_OPTIONS}}
     unknown = set(options) - set(flags)
     if unknown:
         raise ConfigError(f"unknown generate options {sorted(unknown)}")
@@ -164,7 +174,7 @@ def add_generate_command(commands: Any, common: Any, positive_int: Any, steps_ty
                                                                 "prompt, 1: plain conditional; default: the model's)")
     generate.add_argument("--sampler", choices=sampler_choices, metavar="SAMPLER",
                           help="diffusion sampler (default: the model's): %(choices)s")
-    generate.add_argument("--eta", type=non_negative, help="noise of ddim / euler_ancestral / dpmpp_2m(_sde)")
+    add_sampler_option_flags(generate)
     generate.add_argument("--seed", type=seed, help="random seed (default 0): the same seed gives the same image")
     generate.add_argument("--n", type=positive_int, help="number of images (default 1), in one grid PNG unless "
                                                          "--separate")

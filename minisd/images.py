@@ -1,4 +1,4 @@
-"""Writing images: tensors in [0, 1] to PNG grids."""
+"""Writing samples as pictures: images, tensors in [0, 1], to PNG grids; 2-D points to a scatter plot."""
 
 from __future__ import annotations
 
@@ -44,4 +44,31 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, nrow: int 
     if scale != 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     image.save(make_parent(path))
+    return path
+
+
+def save_point_scatter(points: torch.Tensor, path: str | os.PathLike, *, title: str = "",
+                       overwrite: bool = False) -> Path:
+    """Write 2-D ``points`` ``(N, 2)`` as a scatter plot (PNG, or another format by the suffix), on equal axes.
+    Refuses points that are not finite rather than leave them out of the picture."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    path = check_writable(path, overwrite, suffixes=IMAGE_SUFFIXES, what="image")
+    if points.dim() != 2 or points.shape[1] != 2:
+        raise SamplingError(f"a scatter plot shows 2-D points, (N, 2); these are {tuple(points.shape)}")
+    if not torch.isfinite(points).all():
+        raise SamplingError(f"the points hold NaN or infinite values; nothing was written to {path}")
+    points = points.detach().float().cpu()
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    # Smaller, fainter dots as there are more of them, so that dense regions still show their density.
+    ax.scatter(points[:, 0], points[:, 1], s=max(0.5, min(6.0, 4000 / len(points))), alpha=0.5, linewidths=0,
+               color="C0", rasterized=True)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    Image.open(buffer).convert("RGB").save(make_parent(path))
     return path

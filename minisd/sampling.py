@@ -20,8 +20,9 @@ def draw_samples(model: Model, n: int, *, generator: torch.Generator | None = No
                  progress: bool = True, **sampler_args: Any) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` in [0, 1], on the CPU, drawn ``batch_size`` at a time from one ``generator``.
 
-    ``sampler_args`` (``sampler``, ``steps``, ``spacing``, ``eta``) go to a diffusion model's sampler; its
-    progress bar counts sampler steps over all batches, any other model's counts images.
+    ``sampler_args`` (``sampler``, ``steps``, ``spacing``, the sampler's own arguments, and a per-step
+    ``callback``) go to a diffusion model's sampler; its progress bar counts sampler steps over all batches, any
+    other model's counts images.
     """
     sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
     if model.has_samplers:
@@ -29,7 +30,14 @@ def draw_samples(model: Model, n: int, *, generator: torch.Generator | None = No
         steps = sampler_args.get("steps") or model.sample_steps
         bar = tqdm(total=len(sizes) * steps, unit="step", disable=not progress, leave=False, dynamic_ncols=True,
                    desc=f"sampling {n} images ({sampler}, {steps} steps)")
-        sampler_args = {**sampler_args, "callback": lambda _: bar.update(1)}
+        callback = sampler_args.get("callback")
+
+        def advance(info: dict[str, Any]) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(info)
+
+        sampler_args = {**sampler_args, "callback": advance}
     else:
         bar = tqdm(total=n, unit="image", disable=not progress, leave=False, dynamic_ncols=True,
                    desc=f"sampling {n} images")

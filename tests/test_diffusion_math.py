@@ -34,12 +34,13 @@ def test_closed_form_schedules_end_exactly_at_the_log_snr_range(dtype):
     assert alpha.item() ** 2 == pytest.approx(2.06e-9, rel=1e-2)  # the tiny signal a sampler starts from
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "sub_vp", "ve"])
 @pytest.mark.parametrize("kind", PREDICTIONS)
-def test_parameterisation_conversions_round_trip_exactly(kind):
+def test_parameterisation_conversions_round_trip_exactly(kind, schedule):
     generator = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(2, 16, 3, generator=generator, dtype=torch.float64)
-    log_snr = torch.linspace(-8, 8, 16, dtype=torch.float64).reshape(-1, 1)
-    alpha, sigma = torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
+    t = torch.linspace(0.05, 0.95, 16, dtype=torch.float64).reshape(-1, 1)
+    alpha, sigma = build_schedule(schedule).alpha_sigma(t)
     x_t = alpha * x0 + sigma * eps
     prediction = from_x0(x0, kind, x_t, alpha, sigma)
     torch.testing.assert_close(to_x0(prediction, kind, x_t, alpha, sigma), x0, rtol=1e-9, atol=1e-9)
@@ -49,14 +50,22 @@ def test_parameterisation_conversions_round_trip_exactly(kind):
         torch.testing.assert_close(prediction, eps)
 
 
+@pytest.mark.parametrize("family", ["vp", "ve"])
 @pytest.mark.parametrize("kind", PREDICTIONS)
-def test_prediction_error_is_x0_error_times_its_factor(kind):
+def test_prediction_error_is_x0_error_times_its_factor(kind, family):
     generator = torch.Generator().manual_seed(1)
     x0, x0_hat, x_t = torch.randn(3, 8, 5, generator=generator, dtype=torch.float64)
     log_snr = torch.linspace(-6, 6, 8, dtype=torch.float64)
-    alpha, sigma = (v.reshape(-1, 1) for v in (torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()))
-    error = (from_x0(x0, kind, x_t, alpha, sigma) - from_x0(x0_hat, kind, x_t, alpha, sigma)).square().sum(1)
-    torch.testing.assert_close(error, prediction_error_factor(kind, log_snr) * (x0 - x0_hat).square().sum(1))
+    if family == "vp":
+        alpha, sigma = torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
+    else:
+        alpha, sigma = torch.ones_like(log_snr), (-log_snr / 2).exp()
+    error = (from_x0(x0, kind, x_t, alpha[:, None], sigma[:, None])
+             - from_x0(x0_hat, kind, x_t, alpha[:, None], sigma[:, None])).square().sum(1)
+    torch.testing.assert_close(error, prediction_error_factor(kind, alpha, sigma) * (x0 - x0_hat).square().sum(1))
+    if family == "vp" and kind in ("v", "score"):  # the VP forms: 1 + SNR and SNR (1 + SNR)
+        snr = log_snr.exp()
+        torch.testing.assert_close(prediction_error_factor(kind, alpha, sigma), 1 + snr if kind == "v" else snr * (1 + snr))
 
 
 class LinearNetwork(torch.nn.Module):

@@ -161,6 +161,21 @@ def test_n_4_makes_one_grid_png_holding_every_setting_and_from_remakes_it_identi
     assert settings_of(tmp_path / "again.png") == settings
 
 
+def test_a_samplers_own_options_are_stored_and_from_remakes_the_image_with_them(text_to_image_run, tmp_path):
+    # pc draws fresh noise in every corrector and predictor step, so its every option shows in the pixels.
+    options = {"corrector_steps": 2, "snr": 0.3, "predictor": "euler_maruyama"}
+    minisd_generate([PROMPT, "--sampler", "pc", "--corrector-steps", "2", "--snr", "0.3", "--predictor",
+                     "euler_maruyama", *FAST, "--model", str(text_to_image_run), "--out", "pc.png"], tmp_path)
+    settings = settings_of(tmp_path / "pc.png")
+    assert {key: settings.get(key) for key in options} == options
+    with Image.open(tmp_path / "pc.png") as image:
+        for text in ("Sampler: pc", "Corrector steps: 2", "Snr: 0.3", "Predictor: euler_maruyama"):
+            assert text in image.text[PARAMETERS_CHUNK], (text, image.text[PARAMETERS_CHUNK])
+    minisd_generate(["--from", "pc.png", "--out", "again.png"], tmp_path)
+    assert pixels_of(tmp_path / "again.png") == pixels_of(tmp_path / "pc.png")
+    assert settings_of(tmp_path / "again.png") == settings
+
+
 def test_from_with_an_explicit_seed_0_uses_seed_0_not_the_pngs(text_to_image_run, tmp_path):
     minisd_generate([PROMPT, "--seed", "5", *FAST, "--model", str(text_to_image_run), "--out", "seed5.png"],
                     tmp_path)

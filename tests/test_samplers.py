@@ -309,12 +309,28 @@ def test_callback_sees_every_step(sampler: str) -> None:
     assert torch.equal(seen[-1]["x"], result)
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+# The ode sampler's default, the adaptive dopri5, spends what its tolerances ask: no count in advance (below).
+@pytest.mark.parametrize("sampler", [name for name in SAMPLERS if name != "ode"])
 def test_num_evaluations_counts_the_denoiser_calls(sampler: str) -> None:
     denoiser = gaussian_denoiser("linear")
     SAMPLERS[sampler](denoiser, denoiser.marginal(1.0, 4, generator(0)), time_steps(denoiser.schedule, 9))
-    assert len(denoiser.times) == num_evaluations(sampler, 9) == (17 if sampler == "heun" else 9)
-    assert NFE_PER_STEP[sampler] == (2 if sampler == "heun" else 1)
+    expected = {"heun": 17, "pc": 18, "annealed_langevin": 46}.get(sampler, 9)  # see test_score_samplers.py
+    assert len(denoiser.times) == num_evaluations(sampler, 9) == expected
+    assert NFE_PER_STEP[sampler] == {"heun": 2, "pc": 2, "annealed_langevin": 5}.get(sampler, 1)
+
+
+@pytest.mark.parametrize("method, expected", [("euler", 9), ("midpoint", 17), ("rk4", 33)])
+def test_num_evaluations_counts_the_ode_samplers_fixed_steps_and_reports_dopri5s_after_the_solve(method: str,
+                                                                                                 expected: int) -> None:
+    denoiser, seen = gaussian_denoiser("linear"), []
+    x, ts = denoiser.marginal(1.0, 4, generator(0)), time_steps(denoiser.schedule, 9)
+    SAMPLERS["ode"](denoiser, x, ts, method=method)
+    assert len(denoiser.times) == num_evaluations("ode", 9, method=method) == expected
+    denoiser.times.clear()
+    SAMPLERS["ode"](denoiser, x, ts, callback=seen.append)
+    assert seen[-1]["nfe"] == len(denoiser.times) > 9
+    with pytest.raises(ConfigError, match="adaptive: its denoiser evaluations are known only after the solve"):
+        num_evaluations("ode", 9)
 
 
 def test_last_step_returns_the_denoised_estimate() -> None:
@@ -389,6 +405,32 @@ def test_sampling_stops_at_the_first_non_finite_step() -> None:
     with pytest.raises(SamplingError, match="step 3 of 10"):
         sample(denoiser, (2, 3), sampler="dpmpp_2m", steps=10, dtype=torch.float64)
     assert denoiser.calls == 3, "sampling went on after the first NaN"
+
+
+@pytest.mark.parametrize("method, match", [("dopri5", "the ode sampler .dopri5. gave up"),
+                                           ("rk4", "ode gave NaN or infinite values at step 1 of 5")])
+def test_an_ode_solve_into_nan_is_a_sampling_error(method: str, match: str) -> None:
+    # torchdiffeq's adaptive solver asserts on a non-finite state before any callback runs; the fixed-step
+    # methods run through, and the per-step check catches the first NaN state.
+    class Broken:
+        schedule = build_schedule("cosine")
+
+        def __call__(self, x_t, t, cond=None):
+            return torch.full_like(x_t, float("nan"))
+
+    with pytest.raises(SamplingError, match=match):
+        sample(Broken(), (2, 3), sampler="ode", steps=5, method=method, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("args, match", [({"method": "rk45"}, "no method 'rk45'; choose one of dopri5, euler"),
+                                         ({"rtol": 0.0}, "finite rtol > 0"), ({"atol": float("inf")}, "finite atol > 0"),
+                                         ({"rtol": "1e-5"}, "finite rtol > 0")])
+def test_ode_solver_arguments_out_of_range_are_refused(args: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        sample(gaussian_denoiser("cosine"), (2, 3), sampler="ode", steps=3, dtype=torch.float64, **args)
+    with pytest.raises(ConfigError, match=match):  # and called directly, without sample()
+        SAMPLERS["ode"](gaussian_denoiser("cosine"), torch.zeros(2, 3, dtype=torch.float64),
+                        torch.tensor([0.5, 0.1, 0.0]), **args)
 
 
 @pytest.mark.parametrize("strength, kept", [(0.3, 3), (0.05, 1), (1.0, 10)])

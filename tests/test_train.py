@@ -183,16 +183,18 @@ def test_training_lowers_the_test_loss(tmp_path, digits_train, digits_test):
 
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_builds_its_model_and_training_config(preset):
+    from minisd.data.toys import TOYS
     from minisd.train.text_to_image import STAGES, is_text_to_image_config, stage_config
 
     config = load_run_config(preset)
     runs = [stage_config(config, stage) for stage in STAGES] if is_text_to_image_config(config) else [config]
     for run in runs:
         assert set(run) >= {"model", "data", "train"}
-        assert run["data"]["dataset"] in ("mnist", "fashion-mnist", "digits", "shapes")
-        shape = [3, 32, 32] if run["data"]["dataset"] == "shapes" else [1, 28, 28]
+        assert run["data"]["dataset"] in ("mnist", "fashion-mnist", "digits", "shapes", *TOYS)
+        shape = {"shapes": [3, 32, 32], **{toy: [2] for toy in TOYS}}.get(run["data"]["dataset"], [1, 28, 28])
         if run["model"]["type"] != "latent_diffusion":  # built from its trained parts (test_text_to_image.py)
-            model = minisd.models.build_model({**run["model"], "image_shape": shape})
+            shape_setting = minisd.models.MODELS[run["model"]["type"]].shape_setting
+            model = minisd.models.build_model({**run["model"], shape_setting: shape})
             assert sum(p.numel() for p in model.parameters()) > 0
         TrainConfig(**run["train"])
 

@@ -17,3 +17,8 @@ from minisd.data.image_folder import load_image_folder  # noqa: E402
 from minisd.data.shapes import make_shapes  # noqa: E402
 
 __all__ += ["CaptionedDataset", "load_captioned", "load_image_folder", "make_shapes"]
+
+# 2-D toys for score models: swiss roll, moons, 8 Gaussians, checkerboard, and a mixture with exact score.
+from minisd.data.toys import TOY_MIXTURE, TOYS, GaussianMixture, PointDataset, load_toy, sample_toy  # noqa: E402
+
+__all__ += ["TOY_MIXTURE", "TOYS", "GaussianMixture", "PointDataset", "load_toy", "sample_toy"]

@@ -74,6 +74,11 @@ class ImageDataset(Dataset):
         channels, height, width = self.images.shape[1:]
         return channels, height, width
 
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """The shape of one example, what every dataset names (:class:`~minisd.data.toys.PointDataset`: ``(D,)``)."""
+        return self.image_shape
+
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, split={self.split!r}, "

@@ -27,11 +27,13 @@ PIXEL_LEVELS = 256
 
 
 def prior_term(schedule: torch.nn.Module, x0: torch.Tensor) -> torch.Tensor:
-    """KL(q(x_1 | x0) || N(0, I)) summed over dimensions, ``(B,)``: q(x_1 | x0) = N(alpha_1 x0, sigma_1^2 I)."""
+    """KL(q(x_1 | x0) || p(x_1)) summed over dimensions, ``(B,)``: q(x_1 | x0) = N(alpha_1 x0, sigma_1^2 I) and the
+    prior p(x_1) = N(0, (alpha_1^2 + sigma_1^2) I), which is N(0, I) for a VP schedule (see ``prior_std``)."""
     one = torch.ones(len(x0), device=x0.device)
     alpha, sigma = (expand_like(v, x0) for v in schedule.alpha_sigma(one))
     mean, log_var = alpha * x0, (2 * sigma.log()).expand_as(x0)
-    return kl_normal(mean, log_var, torch.zeros_like(x0), torch.zeros_like(x0)).flatten(1).sum(1)
+    prior_log_var = (2 * schedule.prior_std(x0).log()).expand_as(x0)
+    return kl_normal(mean, log_var, torch.zeros_like(x0), prior_log_var).flatten(1).sum(1)
 
 
 def reconstruction_term(schedule: torch.nn.Module, x0: torch.Tensor,

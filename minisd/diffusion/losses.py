@@ -42,10 +42,15 @@ def sample_times(batch_size: int, device: torch.device, generator: torch.Generat
     return (offset + torch.arange(batch_size, device=device) / batch_size) % 1.0
 
 
-def prediction_error_factor(kind: str, log_snr: torch.Tensor) -> torch.Tensor:
-    """||pred - target||^2 / ||x0 - x0_hat||^2 for a network predicting ``kind``: 1, SNR, 1 + SNR, or SNR / sigma^2."""
-    snr = log_snr.exp()
-    return {"x0": torch.ones_like(snr), "eps": snr, "v": 1 + snr, "score": snr * (1 + snr)}[kind]
+def prediction_error_factor(kind: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """||pred - target||^2 / ||x0 - x0_hat||^2 for a network predicting ``kind`` at (alpha_t, sigma_t).
+
+    At a fixed x_t, eps moves by -alpha / sigma times x0 (so the factor is SNR), the score by alpha / sigma^2
+    (SNR / sigma^2) and v = alpha eps - sigma x0 by -(alpha^2 + sigma^2) / sigma ((1 + SNR) on a VP schedule).
+    """
+    snr = (alpha / sigma).square()
+    return {"x0": torch.ones_like(snr), "eps": snr, "v": (alpha.square() + sigma.square()).square() / sigma.square(),
+            "score": snr / sigma.square()}[kind]
 
 
 def x0_error_weight(weighting: str, log_snr: torch.Tensor, min_snr_gamma: float = 5.0) -> torch.Tensor:
@@ -75,15 +80,32 @@ def vlb_weight(schedule: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
     return -0.5 * log_snr.exp() * d_log_snr
 
 
+def noise_ladder_times(times: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Times in [0, 1) snapped onto a ladder of ``num_levels`` levels t_i = i / (num_levels - 1), each equally likely.
+
+    NCSN (Song & Ermon 2019) trains on L noise levels sigma_1 > ... > sigma_L, a geometric sequence; on the
+    VE schedule sigma_t = sigma_min (sigma_max / sigma_min)^t the times i / (L - 1) are exactly those levels.
+    """
+    return (times * num_levels).floor().clamp(max=num_levels - 1) / (num_levels - 1)
+
+
 def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: str = "simple", cond: Any = None,
-                   min_snr_gamma: float = 5.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                   min_snr_gamma: float = 5.0, generator: torch.Generator | None = None,
+                   noise_levels: int | None = None) -> torch.Tensor:
     """The training loss per example ``(B,)``, for images ``x0`` ``(B, ...)`` in the model's range.
 
     ``simple`` is the mean squared error of whatever the network predicts (L_simple of Ho et al.
     2020 when it predicts eps); ``x0``, ``snr`` (= eps-MSE), ``v`` (= v-MSE) and ``min_snr`` weight
     the x0 error; ``vlb`` is the continuous-time ELBO's diffusion term in nats (summed over dimensions).
+
+    Denoising score matching (Vincent 2011; Luo 2022, "Score-based Generative Models") is this loss seen from the
+    score: with eps-prediction the score is -eps / sigma_t, so ``simple`` is sigma_t^2 ||s_theta - grad log q(x_t | x0)||^2,
+    NCSN's weighting lambda(sigma) = sigma^2 (Song & Ermon 2019, eq. 6). ``noise_levels=L`` draws t from a ladder of
+    L levels (:func:`noise_ladder_times`) instead of all of [0, 1].
     """
     t = sample_times(len(x0), x0.device, generator)
+    if noise_levels is not None:
+        t = noise_ladder_times(t, noise_levels)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     log_snr = denoiser.schedule.log_snr(t)
     alpha, sigma = (expand_like(v, x0) for v in denoiser.schedule.alpha_sigma(t))
@@ -94,7 +116,8 @@ def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: st
     if weighting == "simple":
         return squared_error.mean(1)
     # Rewrite the network's own error as an x0 error, then weight it.
-    x0_error = squared_error / expand_like(prediction_error_factor(kind, log_snr), squared_error)
+    factor = prediction_error_factor(kind, *denoiser.schedule.alpha_sigma(t))
+    x0_error = squared_error / expand_like(factor, squared_error)
     if weighting == "vlb":
         return vlb_weight(denoiser.schedule, t) * x0_error.sum(1)
     return x0_error_weight(weighting, log_snr, min_snr_gamma) * x0_error.mean(1)

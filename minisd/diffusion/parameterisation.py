@@ -1,7 +1,7 @@
 """What a diffusion network predicts, and the conversions between the choices, all in one place.
 
-Given x_t = alpha_t x_0 + sigma_t eps (variance preserving: alpha^2 + sigma^2 = 1), a network can
-predict any one of four equivalent quantities; Luo (2022) calls the first three "three
+Given x_t = alpha_t x_0 + sigma_t eps (any schedule: variance preserving, sub-VP or exploding), a network
+can predict any one of four equivalent quantities; Luo (2022) calls the first three "three
 equivalent interpretations" of the same model:
 
     x0     the clean image                      (Luo 2022 eq. 99)
@@ -31,7 +31,8 @@ def to_x0(prediction: torch.Tensor, kind: str, x_t: torch.Tensor, alpha: torch.T
     if kind == "x0":
         return prediction
     if kind == "v":
-        return alpha * x_t - sigma * prediction  # uses alpha^2 + sigma^2 = 1
+        # x_t = alpha x0 + sigma eps and v = alpha eps - sigma x0 give alpha x_t - sigma v = (alpha^2 + sigma^2) x0.
+        return (alpha * x_t - sigma * prediction) / (alpha.square() + sigma.square())
     eps = prediction if kind == "eps" else -sigma * prediction
     return (x_t - sigma * eps) / alpha
 

@@ -21,8 +21,15 @@ Two views of one reverse process run through this file (VP: x_t = alpha_t x_0 + 
 They meet: DDIM with eta = 0 is Euler on the ODE, DDIM with eta = 1 is DDPM, and Euler ancestral is
 DDIM with the same eta. The tests check these identities, so the code of each can be read as its paper wrote it.
 
+The samplers of the score's view, predictor-corrector, Euler-Maruyama on the reverse SDE and annealed Langevin
+dynamics, live in :mod:`minisd.diffusion.score_samplers` and are registered here with the others; so is ``ode``, the
+probability-flow ODE solved in t by ``torchdiffeq`` (:mod:`minisd.diffusion.probability_flow`).
+
 Denoiser evaluations (NFE) per step, as in :data:`NFE_PER_STEP`: 1 for every sampler except Heun, which
-needs 2 (but 1 on its last step to t = 0): see :func:`num_evaluations`.
+needs 2 (but 1 on its last step to t = 0), and those whose count follows their arguments: predictor-corrector
+(1 + corrector_steps) and annealed Langevin (steps_per_level, and 1 for its final denoising). The ode sampler
+with a fixed-step ``method`` spends its stages per step (rk4: 4); with the adaptive dopri5 (its default) it spends
+what its tolerances ask, known only after the solve (its last callback's ``nfe``). See :func:`num_evaluations`.
 
 The ends of a schedule. At t = 1 the cosine schedule's alpha is 4.5e-5 (its log-SNR ends at -20),
 sigma_ve is 22000, and the first step jumps from there to wherever the grid goes next. The updates are
@@ -44,33 +51,16 @@ import torch
 
 from minisd.diffusion.denoiser import Denoiser
 from minisd.diffusion.parameterisation import eps_from_x0
+from minisd.diffusion.probability_flow import FIXED_STEP_STAGES, fixed_step_evaluations, sample_probability_flow
+from minisd.diffusion.sampling_steps import Callback, add_noise, denoise, grid_alphas_sigmas
+from minisd.diffusion.score_samplers import (check_score_sampler_args, sample_annealed_langevin,
+                                             sample_euler_maruyama, sample_pc)
 from minisd.diffusion.spacing import start_time, time_steps
 from minisd.errors import ConfigError, SamplingError
 
-Callback = Callable[[dict[str, Any]], None]
-
-
 # --------------------------------------------------------------------------------------
-# Shared steps
+# Shared steps (the grid, the denoiser call and the noise draw are in sampling_steps.py)
 # --------------------------------------------------------------------------------------
-
-
-def _grid(denoiser: Denoiser, ts: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The grid ``ts`` in the dtype and on the device of ``x``, with its alphas and sigmas ``(N + 1,)``.
-
-    t = 0 means clean data: alpha = 1 and sigma = 0 exactly. (The schedule itself ends at lambda(0) =
-    LOG_SNR_MAX, a sigma of 1.3e-3; the final step returns the denoiser's estimate instead of stepping
-    to that residual noise.)
-    """
-    ts = ts.to(x)
-    alphas, sigmas = denoiser.schedule.alpha_sigma(ts)
-    clean = ts == 0
-    return ts, torch.where(clean, 1.0, alphas), torch.where(clean, 0.0, sigmas)
-
-
-def _denoise(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-    """x0_pred = D(x_t, t, cond) with the grid's scalar t broadcast to the batch ``(B,)``."""
-    return denoiser(x, t.expand(x.shape[0]), cond)
 
 
 def _ve_euler_step(x: torch.Tensor, slope: torch.Tensor, alpha_t: torch.Tensor, sigma_ve_t: torch.Tensor,
@@ -93,13 +83,6 @@ def _posterior_std(alpha_t: torch.Tensor, sigma_t: torch.Tensor, alpha_s: torch.
     """
     sigma_ts_squared = sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2
     return sigma_s * sigma_ts_squared.clamp(min=0).sqrt() / sigma_t  # clamp: rounding when s is close to t
-
-
-def _add_noise(x: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """x + std z with z ~ N(0, I) from ``generator``; no draw at all when std is 0 (a deterministic or final step)."""
-    if std == 0:
-        return x
-    return x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 # The largest noise scale eta of each sampler that takes one: DDIM's eta = 1 is already the ancestral variance.
@@ -134,14 +117,14 @@ def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: 
     variance choice beta-tilde, not beta. At s = 0 the mean is x0_pred and the variance 0. Plugging in only
     the posterior mean of x0 loses its posterior variance, so the error falls only as 1 / steps.
     """
-    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    ts, alphas, sigmas = grid_alphas_sigmas(denoiser, ts, x)
     for i in range(len(ts) - 1):
         alpha_t, sigma_t, alpha_s, sigma_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        x0_pred = denoise(denoiser, x, ts[i], cond)
         alpha_ts = alpha_t / alpha_s
         sigma_ts_squared = sigma_t**2 - alpha_ts**2 * sigma_s**2
         mean = (alpha_ts * sigma_s**2 * x + alpha_s * sigma_ts_squared * x0_pred) / sigma_t**2
-        x = _add_noise(mean, _posterior_std(alpha_t, sigma_t, alpha_s, sigma_s), generator)
+        x = add_noise(mean, _posterior_std(alpha_t, sigma_t, alpha_s, sigma_s), generator)
         if callback is not None:
             callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
     return x
@@ -159,14 +142,14 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: 
     ancestral variance, and then DDIM is DDPM. With eta = 0 it is Euler on the probability-flow ODE.
     """
     _check_eta("ddim", eta)
-    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    ts, alphas, sigmas = grid_alphas_sigmas(denoiser, ts, x)
     for i in range(len(ts) - 1):
         alpha_t, sigma_t, alpha_s, sigma_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        x0_pred = denoise(denoiser, x, ts[i], cond)
         eps_pred = eps_from_x0(x0_pred, x, alpha_t, sigma_t)
         noise_std = eta * _posterior_std(alpha_t, sigma_t, alpha_s, sigma_s)
         x = alpha_s * x0_pred + (sigma_s**2 - noise_std**2).clamp(min=0).sqrt() * eps_pred
-        x = _add_noise(x, noise_std, generator)
+        x = add_noise(x, noise_std, generator)
         if callback is not None:
             callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
     return x
@@ -180,10 +163,10 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond:
     1 NFE per step. In VE coordinates dx_ve / dsigma_ve = eps_pred, so a step is
     x_ve <- x_ve + (sigma_ve_s - sigma_ve_t) eps_pred. ``generator`` is unused: the ODE is deterministic.
     """
-    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    ts, alphas, sigmas = grid_alphas_sigmas(denoiser, ts, x)
     sigmas_ve = sigmas / alphas
     for i in range(len(ts) - 1):
-        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        x0_pred = denoise(denoiser, x, ts[i], cond)
         eps_pred = eps_from_x0(x0_pred, x, alphas[i], sigmas[i])
         x = _ve_euler_step(x, eps_pred, alphas[i], sigmas_ve[i], alphas[i + 1], sigmas_ve[i + 1])
         if callback is not None:
@@ -206,15 +189,15 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: 
     the samples, finite as they stay. Give Heun a grid whose steps are moderate in log sigma:
     ``log_snr`` or ``karras``.
     """
-    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    ts, alphas, sigmas = grid_alphas_sigmas(denoiser, ts, x)
     sigmas_ve = sigmas / alphas
     for i in range(len(ts) - 1):
         interval = (alphas[i], sigmas_ve[i], alphas[i + 1], sigmas_ve[i + 1])
-        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        x0_pred = denoise(denoiser, x, ts[i], cond)
         eps_pred = eps_from_x0(x0_pred, x, alphas[i], sigmas[i])
         x_euler = _ve_euler_step(x, eps_pred, *interval)
         if ts[i + 1] > 0:
-            x0_next = _denoise(denoiser, x_euler, ts[i + 1], cond)
+            x0_next = denoise(denoiser, x_euler, ts[i + 1], cond)
             eps_next = eps_from_x0(x0_next, x_euler, alphas[i + 1], sigmas[i + 1])
             x = _ve_euler_step(x, (eps_pred + eps_next) / 2, *interval)
         else:
@@ -252,11 +235,11 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, co
     eq. 85); the fresh noise at every step corrects errors the ODE would carry to the end.
     """
     _check_eta("dpmpp_2m", eta)
-    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    ts, alphas, sigmas = grid_alphas_sigmas(denoiser, ts, x)
     lambdas = alphas.log() - sigmas.log()  # +inf at t = 0
     x0_prev, h_prev = None, None
     for i in range(len(ts) - 1):
-        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        x0_pred = denoise(denoiser, x, ts[i], cond)
         h = lambdas[i + 1] - lambdas[i]
         if ts[i + 1] == 0:
             x = x0_pred
@@ -268,7 +251,7 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, co
                 x0_blend = (1 + 1 / (2 * r)) * x0_pred - 1 / (2 * r) * x0_prev
             x = (sigmas[i + 1] / sigmas[i] * torch.exp(-eta * h) * x
                  - alphas[i + 1] * torch.expm1(-(1 + eta) * h) * x0_blend)
-            x = _add_noise(x, sigmas[i + 1] * (-torch.expm1(-2 * eta * h)).sqrt(), generator)
+            x = add_noise(x, sigmas[i + 1] * (-torch.expm1(-2 * eta * h)).sqrt(), generator)
         x0_prev, h_prev = x0_pred, h
         if callback is not None:
             callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
@@ -294,20 +277,56 @@ def sample_euler_ancestral(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor
     eta; eta = 0 is Euler, and for eta <= 1 it equals DDIM with the same eta.
     """
     _check_eta("euler_ancestral", eta)
-    ts, alphas, sigmas = _grid(denoiser, ts, x)
+    ts, alphas, sigmas = grid_alphas_sigmas(denoiser, ts, x)
     sigmas_ve = sigmas / alphas
     for i in range(len(ts) - 1):
-        x0_pred = _denoise(denoiser, x, ts[i], cond)
+        x0_pred = denoise(denoiser, x, ts[i], cond)
         eps_pred = eps_from_x0(x0_pred, x, alphas[i], sigmas[i])
         # In VE coordinates the posterior std is the VP one over alpha_s.
         posterior_std_ve = _posterior_std(alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]) / alphas[i + 1]
         sigma_up = torch.minimum(sigmas_ve[i + 1], eta * posterior_std_ve)
         sigma_down = (sigmas_ve[i + 1] ** 2 - sigma_up**2).sqrt()
         x = _ve_euler_step(x, eps_pred, alphas[i], sigmas_ve[i], alphas[i + 1], sigma_down)
-        x = _add_noise(x, alphas[i + 1] * sigma_up, generator)
+        x = add_noise(x, alphas[i + 1] * sigma_up, generator)
         if callback is not None:
             callback({"step": i, "t": ts[i + 1], "x": x, "x0_pred": x0_pred})
     return x
+
+
+# The probability-flow ODE's solvers: adaptive dopri5 (Song et al.'s RK45), or a fixed-step method on the grid.
+ODE_METHODS = ("dopri5", *FIXED_STEP_STAGES)
+
+
+def _check_ode_args(*, method: str | None = None, rtol: float | None = None, atol: float | None = None) -> None:
+    """The ode sampler's solver is one of ODE_METHODS, its tolerances finite and positive (those not None)."""
+    if method is not None and method not in ODE_METHODS:
+        raise ConfigError(f"the ode sampler has no method {method!r}; choose one of {', '.join(ODE_METHODS)}")
+    for name, tolerance in (("rtol", rtol), ("atol", atol)):
+        if tolerance is not None and not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+                                          and math.isfinite(tolerance) and tolerance > 0):
+            raise ConfigError(f"the ode sampler needs a finite {name} > 0, got {name} = {tolerance!r}")
+
+
+def sample_ode(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
+               generator: torch.Generator | None = None, callback: Callback | None = None, method: str = "dopri5",
+               rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
+    """The probability-flow ODE (Song et al. 2021, sec. 4.3) solved by ``torchdiffeq``: see
+    :func:`minisd.diffusion.probability_flow.sample_probability_flow`. ``method`` dopri5 (adaptive, to ``rtol`` and
+    ``atol``) or a fixed-step rk4, midpoint or euler on the grid ``ts``; the last callback carries ``nfe``.
+
+    torchdiffeq's adaptive solver asserts that its state and step stay finite: a model that gives NaN makes it fail
+    before any callback sees a state, and that failure is a :class:`~minisd.errors.SamplingError` here like the
+    non-finite steps of every other sampler.
+    """
+    _check_ode_args(method=method, rtol=rtol, atol=atol)
+    try:
+        return sample_probability_flow(denoiser, x, ts, cond=cond, callback=callback, rtol=rtol, atol=atol,
+                                       method=method)
+    except AssertionError as error:  # 'non-finite values in state `y`: tensor(...)', 'underflow in dt 0.0', ...
+        reason = str(error).split(":")[0]
+        raise SamplingError(f"the ode sampler ({method}) gave up ({reason}): the model gave NaN or infinite values, "
+                            f"or the ODE was too stiff for rtol = {rtol:g}, atol = {atol:g}; no image was made. Try "
+                            f"another sampler or a fixed-step method") from None
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -318,10 +337,23 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "euler_ancestral": sample_euler_ancestral,
+    "pc": sample_pc,
+    "euler_maruyama": sample_euler_maruyama,
+    "annealed_langevin": sample_annealed_langevin,
+    "ode": sample_ode,
 }
 
+# The samplers of the chapter "Score-based generative models" (the others are chapter 4's).
+SCORE_SAMPLERS = ("pc", "euler_maruyama", "annealed_langevin", "ode")
+
+# At each sampler's default arguments: pc's 1 + corrector_steps and annealed_langevin's steps_per_level follow
+# theirs, and num_evaluations counts with them. The ode sampler has no count per step at its default, the adaptive
+# dopri5, so it is not here.
 NFE_PER_STEP: dict[str, int] = {"ddpm": 1, "ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_2m_sde": 1,
-                               "euler_ancestral": 1}
+                               "euler_ancestral": 1, "pc": 2, "euler_maruyama": 1, "annealed_langevin": 5}
+
+# The arguments of the score samplers, checked by minisd.diffusion.score_samplers.check_score_sampler_args.
+SCORE_SAMPLER_ARGS = ("predictor", "corrector_steps", "snr", "steps_per_level", "step_size")
 
 
 def _check_sampler(sampler: str) -> None:
@@ -330,8 +362,9 @@ def _check_sampler(sampler: str) -> None:
 
 
 def check_sampler_args(sampler: str, **sampler_args: Any) -> None:
-    """Refuse an unknown sampler, an argument it does not take (``eta`` for ddpm, say) or an eta out of its
-    range, before any work. (The samplers check eta too, for callers that use them directly.)"""
+    """Refuse an unknown sampler, an argument it does not take (``eta`` for ddpm, say) or one out of its range
+    (eta; snr, corrector_steps, predictor, steps_per_level, step_size; method, rtol, atol), before any work. (The samplers check their
+    arguments too, for callers that use them directly.)"""
     _check_sampler(sampler)
     accepted = set(inspect.signature(SAMPLERS[sampler]).parameters) - {"denoiser", "x", "ts", "cond", "generator",
                                                                       "callback"}
@@ -343,12 +376,36 @@ def check_sampler_args(sampler: str, **sampler_args: Any) -> None:
                           + (f" (only {', '.join(takers)} do)" if takers else ""))
     if "eta" in sampler_args:
         _check_eta(sampler, sampler_args["eta"])
+    check_score_sampler_args(sampler, **{k: v for k, v in sampler_args.items() if k in SCORE_SAMPLER_ARGS})
+    if sampler == "ode":
+        _check_ode_args(**sampler_args)  # its only arguments: the others were refused above
 
 
-def num_evaluations(sampler: str, steps: int) -> int:
-    """How many times ``sampler`` calls the denoiser in ``steps`` steps (Heun's last step is Euler: 2N - 1)."""
-    _check_sampler(sampler)
-    return NFE_PER_STEP[sampler] * steps - (1 if sampler == "heun" else 0)
+def num_evaluations(sampler: str, steps: int, **sampler_args: Any) -> int:
+    """How many times ``sampler`` calls the denoiser in ``steps`` steps with ``sampler_args`` (else its defaults).
+
+    Heun's last step is Euler: 2N - 1. pc: (1 + corrector_steps) N. annealed_langevin: steps_per_level N, plus 1
+    for its final denoising. ode: stages (N - 1) + 1 for a fixed-step ``method``; the adaptive dopri5's count is
+    known only after the solve, so for it this raises :class:`~minisd.errors.ConfigError` (the sampler's last
+    callback reports it as ``nfe``).
+    """
+    check_sampler_args(sampler, **sampler_args)
+    defaults = {name: parameter.default for name, parameter in inspect.signature(SAMPLERS[sampler]).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+    args = {**defaults, **sampler_args}
+    if sampler == "heun":
+        return 2 * steps - 1
+    if sampler == "pc":
+        return (1 + args["corrector_steps"]) * steps
+    if sampler == "annealed_langevin":
+        return args["steps_per_level"] * steps + 1
+    if sampler == "ode":
+        if args["method"] not in FIXED_STEP_STAGES:
+            raise ConfigError(f"the ode sampler's {args['method']} is adaptive: its denoiser evaluations are known "
+                              f"only after the solve (the last callback's nfe); a fixed-step method "
+                              f"({', '.join(FIXED_STEP_STAGES)}) spends a number known in advance")
+        return fixed_step_evaluations(args["method"], steps)
+    return NFE_PER_STEP[sampler] * steps
 
 
 def _stop_if_not_finite(callback: Callback | None, sampler: str, steps: int) -> Callback:
@@ -377,16 +434,20 @@ def _start(denoiser: Denoiser, ts: torch.Tensor, shape: tuple[int, ...], x_start
 
 @torch.no_grad()
 def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_2m_sde", steps: int = 20,
-           spacing: str = "log_snr", t_max: float | None = None, generator: torch.Generator | None = None,
-           cond: Any = None, callback: Callback | None = None, device: torch.device | str | None = None,
+           spacing: str = "log_snr", t_max: float | None = None, t_min: float | None = None,
+           generator: torch.Generator | None = None, cond: Any = None, callback: Callback | None = None,
+           device: torch.device | str | None = None,
            dtype: torch.dtype | None = None, x_start: torch.Tensor | None = None, strength: float = 1.0,
            **sampler_args: Any) -> torch.Tensor:
     """``shape[0]`` samples of shape ``shape``: noise N(0, sigma_{t_max}^2 I) from ``generator``, then ``sampler``.
 
     ``steps`` counts steps, not denoiser evaluations: see :func:`num_evaluations` (Heun spends about
-    twice as many). ``sampler_args`` go to the sampler (``eta`` for ddim, dpmpp_2m(_sde) and euler_ancestral).
+    twice as many). ``sampler_args`` go to the sampler: ``eta`` for ddim, dpmpp_2m(_sde) and euler_ancestral;
+    ``predictor``, ``corrector_steps`` and ``snr`` for pc; ``steps_per_level`` and ``step_size`` for annealed_langevin;
+    ``method``, ``rtol`` and ``atol`` for ode.
     ``t_max`` is where the grid starts, by default :func:`~minisd.diffusion.spacing.start_time`: where the
-    log-SNR has fallen to -10 (t = 1 for a schedule that stops above it).
+    log-SNR has fallen to -10 (t = 1 for a schedule that stops above it); ``t_min`` the least noisy time before
+    the final step to 0 (default :data:`~minisd.diffusion.spacing.T_MIN`).
 
     Image-to-image (SDEdit, Meng et al. 2022): given ``x_start`` (data of shape ``shape``, in the modelled space),
     sampling runs only the last ``ceil(strength * steps)`` steps of the same grid, from ``x_start`` noised to the
@@ -405,7 +466,8 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_
     check_sampler_args(sampler, **sampler_args)
     if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise ConfigError(f"strength must lie in (0, 1], got {strength!r}")
-    ts = time_steps(denoiser.schedule, steps, spacing, t_max=start_time(denoiser.schedule) if t_max is None else t_max)
+    ts = time_steps(denoiser.schedule, steps, spacing, t_max=start_time(denoiser.schedule) if t_max is None else t_max,
+                    t_min=t_min)
     kept_steps = steps if x_start is None else max(1, math.ceil(strength * steps - 1e-9))
     ts = ts[steps - kept_steps:]
     x = _start(denoiser, ts, shape, x_start, generator, device, dtype)

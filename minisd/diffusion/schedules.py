@@ -1,11 +1,17 @@
-"""Noise schedules as functions of continuous time t in [0, 1], given by their log signal-to-noise ratio.
+"""Noise schedules as functions of continuous time t in [0, 1]: the marginals x_t = alpha_t x_0 + sigma_t eps.
 
-Every schedule here is variance preserving: x_t = alpha_t x_0 + sigma_t eps with
-alpha_t^2 + sigma_t^2 = 1 (Luo 2022 eq. 69 in continuous time). Writing
-lambda(t) = log(alpha_t^2 / sigma_t^2), the log-SNR, fixes both (Luo 2022 eqs. 109-114,
-Kingma et al. 2021):
+A schedule is the pair (alpha_t, sigma_t), and :meth:`NoiseSchedule.alpha_sigma` is the one place that
+gives it. Its log signal-to-noise ratio lambda(t) = log(alpha_t^2 / sigma_t^2) (Luo 2022 eqs. 109-114,
+Kingma et al. 2021) is what samplers, grids and bounds step in. Three families:
 
-    alpha_t^2 = sigmoid(lambda(t)),    sigma_t^2 = sigmoid(-lambda(t)).
+- variance preserving (VP), alpha_t^2 + sigma_t^2 = 1 (Luo 2022 eq. 69 in continuous time): lambda alone
+  fixes both, alpha_t^2 = sigmoid(lambda(t)), sigma_t^2 = sigmoid(-lambda(t)). DDPM's linear-beta, the cosine
+  and VDM's learned schedule.
+- sub-VP (Song et al. 2021, eq. 29): a VP schedule's alpha with sigma_t = 1 - alpha_t^2, less noise at every t.
+- variance exploding (VE, NCSN: Song & Ermon 2019): alpha_t = 1, sigma_t = sigma_min (sigma_max / sigma_min)^t,
+  the geometric ladder of noise levels.
+
+The SDE whose marginals these are follows from (alpha_t, sigma_t) alone: see :mod:`minisd.diffusion.sde`.
 
 lambda decreases from lambda(0) = LOG_SNR_MAX (almost clean) to lambda(1) = LOG_SNR_MIN (almost
 pure noise). A schedule of T discrete steps is the special case t_i = i / T.
@@ -43,7 +49,10 @@ def solve_decreasing(function, target: torch.Tensor, iterations: int = 60) -> to
 
 
 class NoiseSchedule(nn.Module):
-    """A variance-preserving schedule: subclasses give :meth:`raw_log_snr`, decreasing in t."""
+    """A schedule; by default variance preserving, given by :meth:`raw_log_snr`, decreasing in t.
+
+    Other families override :meth:`alpha_sigma` and :meth:`raw_log_snr` together.
+    """
 
     name: str = "schedule"
 
@@ -67,6 +76,16 @@ class NoiseSchedule(nn.Module):
     def time_at_log_snr(self, log_snr: torch.Tensor, iterations: int = 60) -> torch.Tensor:
         """The t with lambda(t) = ``log_snr``, by bisection (lambda is monotone); for spacings uniform in log-SNR."""
         return solve_decreasing(self.log_snr, log_snr, iterations)
+
+    def prior_std(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The standard deviation of the prior p(x_1) = N(0, (alpha_1^2 + sigma_1^2) I).
+
+        That is the marginal variance at t = 1 of data with unit variance: exactly 1 for a VP schedule (the
+        standard normal of DDPM), sqrt(1 + sigma_max^2) for VE (about NCSN's N(0, sigma_max^2 I)).
+        """
+        one = torch.ones(1, dtype=torch.float64) if like is None else torch.ones(1, device=like.device, dtype=like.dtype)
+        alpha, sigma = self.alpha_sigma(one)
+        return (alpha.square() + sigma.square()).sqrt()[0]
 
 
 class ClosedFormSchedule(NoiseSchedule):
@@ -177,11 +196,64 @@ class LearnedSchedule(NoiseSchedule):
         return -(self.gamma_0 + (self.gamma_1 - self.gamma_0) * fraction)
 
 
-SCHEDULES: dict[str, type[NoiseSchedule]] = {s.name: s for s in (LinearBetaSchedule, CosineSchedule, LearnedSchedule)}
+class VarianceExplodingSchedule(NoiseSchedule):
+    """NCSN's geometric ladder in continuous time (Song & Ermon 2019; the VE SDE of Song et al. 2021, eq. 30).
+
+    alpha_t = 1 and sigma_t = sigma_min (sigma_max / sigma_min)^t, so lambda(t) = -2 log sigma_t falls linearly
+    in t. Song & Ermon (2020, technique 1) take sigma_max as large as the largest distance between two
+    training examples, so that the noisiest level can carry any point to any other; sigma_min small enough
+    that the cleanest level is the data to the eye.
+    """
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        super().__init__()
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"a VE schedule needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def _log_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min)
+
+    def raw_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        return -2 * self._log_sigma(t)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones_like(t), self._log_sigma(t).exp()
+
+
+class SubVPSchedule(NoiseSchedule):
+    """The sub-VP schedule of Song et al. (2021, eq. 29): a VP schedule's alpha_t with sigma_t = 1 - alpha_t^2.
+
+    Its SDE has the VP drift and a smaller diffusion, beta(t) (1 - exp(-2 int_0^t beta)); its variance stays
+    below the VP one (sigma_vp^2 = 1 - alpha^2 >= (1 - alpha^2)^2), which Song et al. found gives better
+    likelihoods. ``base`` names the VP schedule (DDPM's linear beta, as in that paper, by default).
+    """
+
+    name = "sub_vp"
+
+    def __init__(self, base: str = "linear"):
+        super().__init__()
+        if base not in ("linear", "cosine"):
+            raise ValueError(f"a sub-VP schedule is built on the linear or the cosine schedule, got {base!r}")
+        self.base = SCHEDULES[base]()
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        base_log_snr = self.base.log_snr(t)
+        return torch.sigmoid(base_log_snr).sqrt(), torch.sigmoid(-base_log_snr)  # sigma = 1 - alpha^2 = sigma_vp^2
+
+    def raw_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        base_log_snr = self.base.log_snr(t)
+        return F.logsigmoid(base_log_snr) - 2 * F.logsigmoid(-base_log_snr)
+
+
+SCHEDULES: dict[str, type[NoiseSchedule]] = {s.name: s for s in (
+    LinearBetaSchedule, CosineSchedule, LearnedSchedule, VarianceExplodingSchedule, SubVPSchedule)}
 
 
 def build_schedule(name: str, **kwargs) -> NoiseSchedule:
-    """A schedule by name: ``linear``, ``cosine`` or ``learned``."""
+    """A schedule by name: ``linear``, ``cosine``, ``learned`` (VP), ``sub_vp`` or ``ve``."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULES)}")
     return SCHEDULES[name](**kwargs)

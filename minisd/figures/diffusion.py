@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 from minisd.diffusion import build_schedule
-from minisd.diffusion.samplers import SAMPLERS
+from minisd.diffusion.samplers import SAMPLERS, SCORE_SAMPLERS
 from minisd.diffusion.schedules import SCHEDULES
 from minisd.figures.plotting import save_figure, show_image_grid
 from minisd.outputs import check_writable
@@ -78,10 +78,12 @@ def trajectory_figure(model, path: Path, *, sampler: str = "dpmpp_2m", steps: in
 @torch.no_grad()
 def sampler_grid_figure(model, path: Path, *, steps: tuple[int, ...] = (5, 10, 20, 50), seed: int = 0,
                         count: int = 8) -> Path:
-    """Samples from the same seed for every sampler (rows) at every step count (columns)."""
-    fig = Figure(figsize=(len(steps) * count * 0.35, len(SAMPLERS) * 0.6 + 0.5))
-    axes = fig.subplots(len(SAMPLERS), len(steps), squeeze=False)
-    for row, sampler in enumerate(sorted(SAMPLERS)):
+    """Samples from the same seed for every sampler of this chapter (rows) at every step count (columns); the score
+    chapter's samplers (``SCORE_SAMPLERS``) have their own figures, :mod:`minisd.figures.score`."""
+    samplers = sorted(set(SAMPLERS) - set(SCORE_SAMPLERS))
+    fig = Figure(figsize=(len(steps) * count * 0.35, len(samplers) * 0.6 + 0.5))
+    axes = fig.subplots(len(samplers), len(steps), squeeze=False)
+    for row, sampler in enumerate(samplers):
         for column, num_steps in enumerate(steps):
             images = model.sample(count, sampler=sampler, steps=num_steps,
                                   generator=torch.Generator(model.device).manual_seed(seed))

@@ -19,11 +19,12 @@ from minisd.models.hvae import HierarchicalVAE
 from minisd.models.latent_autoencoder import LatentAutoencoder
 from minisd.models.latent_diffusion import LatentDiffusion
 from minisd.models.noisy_classifier import NoisyClassifier
+from minisd.models.score import ScoreModel
 from minisd.models.vae import VAE
 
 MODELS: dict[str, type[Model]] = {cls.model_type: cls for cls in (
     Autoencoder, VAE, HierarchicalVAE, DiffusionModel, Classifier, NoisyClassifier,
-    LatentAutoencoder, ContrastiveTextImage, LatentDiffusion, AttributeClassifier)}
+    LatentAutoencoder, ContrastiveTextImage, LatentDiffusion, AttributeClassifier, ScoreModel)}
 
 
 def check_model_type(model_type: Any) -> None:
@@ -44,4 +45,5 @@ def build_model(config: dict[str, Any]) -> Model:
 
 
 __all__ = ["MODELS", "check_model_type", "Model", "Autoencoder", "VAE", "HierarchicalVAE", "DiffusionModel", "Classifier",
-           "NoisyClassifier", "LatentAutoencoder", "ContrastiveTextImage", "LatentDiffusion", "AttributeClassifier", "build_model"]
+           "NoisyClassifier", "LatentAutoencoder", "ContrastiveTextImage", "LatentDiffusion", "AttributeClassifier", "ScoreModel",
+           "build_model"]

@@ -22,6 +22,7 @@ class Model(nn.Module):
     """
 
     model_type: ClassVar[str]
+    shape_setting: ClassVar[str] = "image_shape"  # the hyper-parameter the data's example shape goes to
     can_sample: ClassVar[bool] = False
     has_samplers: ClassVar[bool] = False  # sample() takes sampler, steps, spacing, eta (diffusion models)
 

@@ -72,7 +72,7 @@ class TrainConfig:
 class DataConfig:
     """Which dataset a run trains on, and how its pixels are presented."""
 
-    dataset: str = "mnist"      # one of minisd.data.DATASETS, or "shapes" (captioned, made on the fly)
+    dataset: str = "mnist"      # minisd.data.DATASETS, "shapes" (captioned, made on the fly) or a 2-D toy (data.toys.TOYS)
     binarize: bool = False      # Bernoulli pixels drawn afresh every step (dynamic binarisation)
     num_images: int | None = _setting(None, AT_LEAST_ONE)  # keep only the first N images of each split
     image_size: int | None = _setting(None, AT_LEAST_ONE)  # a folder of your images: resized to this side (32)
@@ -80,9 +80,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         from minisd.data import DATASETS
 
+        from minisd.data.toys import TOYS
+
         check_section("data", dataclasses.asdict(self), DataConfig)
-        if self.dataset not in (*DATASETS, "shapes") and not Path(self.dataset).expanduser().is_dir():
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {[*DATASETS, 'shapes']}, "
+        if self.dataset not in (*DATASETS, "shapes", *TOYS) and not Path(self.dataset).expanduser().is_dir():
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {[*DATASETS, 'shapes', *TOYS]}, "
                               f"or give a folder of your images with captions")
 
 
@@ -98,6 +100,8 @@ def _describe(annotation: Any) -> str:
         return " or ".join("none" if a is type(None) else _describe(a) for a in args)
     if origin in (list, tuple):
         return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict:
+        return f"a table of {_describe(args[1]).removeprefix('a ').removeprefix('an ')}s" if args else "a table"
     return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
         annotation, str(annotation))
 
@@ -116,6 +120,9 @@ def _matches(value: Any, annotation: Any) -> bool:
         if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
             return False
         return all(_matches(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(
+            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()))
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:

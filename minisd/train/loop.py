@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from minisd.data import ImageDataset, binarize, binarized_once
+from minisd.data.toys import PointDataset
 from minisd.errors import MinisdError
 from minisd.models import Model
 from minisd.runtime import resolve_device
@@ -64,13 +65,18 @@ class _Batches:
         return self.dataset.batch(indices)
 
 
+def _batch_size(batch: dict[str, Any]) -> int:
+    """How many examples a batch holds: the length of its first tensor (images, points, labels)."""
+    return len(next(value for value in batch.values() if isinstance(value, torch.Tensor)))
+
+
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Tensors to ``device``; anything else in the batch (captions) as it is."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
-def evaluate_loss(model: Model, dataset: ImageDataset, batch_size: int, seed: int = 0) -> dict[str, float]:
+def evaluate_loss(model: Model, dataset: ImageDataset | PointDataset, batch_size: int, seed: int = 0) -> dict[str, float]:
     """The model's loss logs averaged over a whole evaluation set (same seed, same numbers).
 
     Batches come from ``dataset.batch``, so whatever the dataset carries (labels, captions) conditions the
@@ -83,7 +89,7 @@ def evaluate_loss(model: Model, dataset: ImageDataset, batch_size: int, seed: in
         batch = _to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset)))), model.device)
         _, logs = model.loss(batch)
         for key, value in logs.items():
-            totals[key] = totals.get(key, 0.0) + value * len(batch["image"])
+            totals[key] = totals.get(key, 0.0) + value * _batch_size(batch)
     return {key: total / len(dataset) for key, total in totals.items()}
 
 

@@ -13,7 +13,7 @@ import torch
 
 from minisd.data import DATASETS, ImageDataset, load_dataset
 from minisd.errors import ConfigError
-from minisd.models import build_model
+from minisd.models import MODELS, build_model
 from minisd.outputs import check_can_create
 from minisd.runtime import resolve_device
 from minisd.train import distributed
@@ -66,7 +66,11 @@ def _load_split(data: dict[str, Any], split: str, model: dict[str, Any], data_di
     them, or when the data is made with them (shapes, a folder)."""
     from minisd.models import MODELS
 
+    from minisd.data.toys import TOYS, load_toy
+
     dataset, num_images = data["dataset"], data.get("num_images")
+    if dataset in TOYS:
+        return load_toy(dataset, split, num_points=num_images)
     if getattr(MODELS[model["type"]], "needs_captions", False) or dataset not in DATASETS:
         return load_captioned_split(data, split, data_dir)
     data = load_dataset(dataset, split, data_dir=data_dir)
@@ -79,8 +83,9 @@ def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *,
                       progress: bool = True) -> dict[str, Any]:
     """Load the data named in ``run_config["data"]``, build ``run_config["model"]`` and train it.
 
-    ``data.dataset`` is ``mnist``, ``fashion-mnist`` or ``digits``; ``data.binarize`` turns on
-    dynamic binarisation. The model's ``image_shape`` is taken from the data.
+    ``data.dataset`` is ``mnist``, ``fashion-mnist``, ``digits``, ``shapes``, a 2-D toy (``minisd.data.toys.TOYS``)
+    or a folder of images; ``data.binarize`` turns on dynamic binarisation. The shape of one example (a model's
+    ``image_shape``, or a score model's ``data_shape``) is taken from the data.
 
     ``resume=True`` continues the run saved in ``run_dir`` (see :func:`resume_config`; ``run_config``
     may then hold only the settings asked for). ``overwrite=True`` replaces a run already there, but
@@ -103,7 +108,7 @@ def train_from_config(run_config: dict[str, Any], run_dir: str | os.PathLike, *,
     config = train_config(run_config)
     data = asdict(data_config(run_config))
     train_set, test_set = (_load_split(data, split, run_config["model"], data_dir) for split in ("train", "test"))
-    model_config = {**run_config["model"], "image_shape": list(train_set.image_shape)}
+    model_config = {**run_config["model"], MODELS[run_config["model"]["type"]].shape_setting: list(train_set.example_shape)}
     torch.manual_seed(config.seed)  # the same config starts from the same initial weights
     model = build_model(model_config)
     if not resume:  # a resumed model gets what prepare() fitted (a tokenizer) back from its checkpoint
