@@ -40,11 +40,10 @@ import torch
 from torchdiffeq import odeint
 
 from minisd.diffusion.denoiser import Denoiser
+from minisd.diffusion.likelihood import PIXEL_LEVELS
+from minisd.diffusion.sampling_steps import Callback
 from minisd.diffusion.sde import SDE, probability_flow_drift
 
-Callback = Callable[[dict[str, Any]], None]
-
-PIXEL_LEVELS = 256
 
 # torchdiffeq's adaptive methods: they take ``step_t``, the times at which a step must end.
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")

@@ -52,7 +52,7 @@ import torch
 from minisd.diffusion.denoiser import Denoiser
 from minisd.diffusion.parameterisation import eps_from_x0
 from minisd.diffusion.probability_flow import FIXED_STEP_STAGES, fixed_step_evaluations, sample_probability_flow
-from minisd.diffusion.sampling_steps import Callback, add_noise, denoise, grid_alphas_sigmas
+from minisd.diffusion.sampling_steps import Callback, add_noise, denoise, forward_transition, grid_alphas_sigmas
 from minisd.diffusion.score_samplers import (check_score_sampler_args, sample_annealed_langevin,
                                              sample_euler_maruyama, sample_pc)
 from minisd.diffusion.spacing import start_time, time_steps
@@ -81,8 +81,8 @@ def _posterior_std(alpha_t: torch.Tensor, sigma_t: torch.Tensor, alpha_s: torch.
     In alpha/sigma form the forward step s -> t is x_t = alpha_{t|s} x_s + sigma_{t|s} eps with
     alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2; 0 when s = 0.
     """
-    sigma_ts_squared = sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2
-    return sigma_s * sigma_ts_squared.clamp(min=0).sqrt() / sigma_t  # clamp: rounding when s is close to t
+    _, sigma_ts_squared = forward_transition(alpha_t, sigma_t, alpha_s, sigma_s)
+    return sigma_s * sigma_ts_squared.sqrt() / sigma_t
 
 
 # The largest noise scale eta of each sampler that takes one: DDIM's eta = 1 is already the ancestral variance.
@@ -121,8 +121,7 @@ def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: 
     for i in range(len(ts) - 1):
         alpha_t, sigma_t, alpha_s, sigma_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         x0_pred = denoise(denoiser, x, ts[i], cond)
-        alpha_ts = alpha_t / alpha_s
-        sigma_ts_squared = sigma_t**2 - alpha_ts**2 * sigma_s**2
+        alpha_ts, sigma_ts_squared = forward_transition(alpha_t, sigma_t, alpha_s, sigma_s)
         mean = (alpha_ts * sigma_s**2 * x + alpha_s * sigma_ts_squared * x0_pred) / sigma_t**2
         x = add_noise(mean, _posterior_std(alpha_t, sigma_t, alpha_s, sigma_s), generator)
         if callback is not None:

@@ -30,6 +30,17 @@ def grid_alphas_sigmas(denoiser: Denoiser, ts: torch.Tensor,
     return ts, torch.where(clean, 1.0, alphas), torch.where(clean, 0.0, sigmas)
 
 
+def forward_transition(alpha_t: torch.Tensor, sigma_t: torch.Tensor, alpha_s: torch.Tensor,
+                       sigma_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward step s -> t (s < t) as x_t = alpha_{t|s} x_s + sigma_{t|s} eps: (alpha_{t|s}, sigma_{t|s}^2).
+
+    alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, clamped at 0 against
+    rounding when s is close to t (Luo (2022) eqs. 61-70 between any two times; Kingma et al. 2021, eq. 2).
+    """
+    alpha_ts = alpha_t / alpha_s
+    return alpha_ts, (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0)
+
+
 def denoise(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
     """x0_pred = D(x_t, t, cond) with the grid's scalar t broadcast to the batch ``(B,)``."""
     return denoiser(x, t.expand(x.shape[0]), cond)

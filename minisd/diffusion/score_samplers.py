@@ -32,7 +32,7 @@ import torch
 
 from minisd.diffusion.denoiser import Denoiser
 from minisd.diffusion.parameterisation import to_x0
-from minisd.diffusion.sampling_steps import Callback, denoise, grid_alphas_sigmas
+from minisd.diffusion.sampling_steps import Callback, denoise, forward_transition, grid_alphas_sigmas
 from minisd.diffusion.sde import SDE, score_from_denoiser
 from minisd.errors import ConfigError
 
@@ -153,8 +153,8 @@ def sample_pc(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: An
     sde = SDE(denoiser.schedule)
     drift_coefficients, diffusions_squared = sde.drift_coefficient(ts[:-1]), sde.diffusion_squared(ts[:-1])
     for i in range(len(ts) - 1):
-        alpha_ts = alphas[i] / alphas[i + 1]
-        sigma_ts = (sigmas[i] ** 2 - alpha_ts**2 * sigmas[i + 1] ** 2).clamp(min=0).sqrt()
+        alpha_ts, sigma_ts_squared = forward_transition(alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1])
+        sigma_ts = sigma_ts_squared.sqrt()
         for _ in range(corrector_steps):
             x = _langevin_step(x, _score(denoiser, x, ts[i], cond), _corrector_step_size(sigmas[i], alpha_ts, snr),
                                generator)
