@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch on this kind of machine; override with `make TORCH=torch==2.5.1 ...`.
 TORCH ?= torch==2.13.0
+# Optional extras installed with minisd: `make test EXTRAS=dev,web` also runs the web page's tests (CI does).
+EXTRAS ?= dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # MNIST is read from $MINISD_DATA; next to this checkout, ../shared/data holds it.
 ifeq ($(MINISD_DATA),)
   ifneq ($(wildcard ../shared/data/mnist),)
@@ -12,21 +16,26 @@ ifeq ($(MINISD_DATA),)
   endif
 endif
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test serve clean
 
-$(VENV)/.installed: pyproject.toml
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(STAMP)
 
 demo: setup
 	$(BIN)/minisd demo --out outputs/demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The local web page (the optional extra `web`, Gradio): open http://127.0.0.1:7860/
+serve:
+	$(MAKE) setup EXTRAS=dev,web
+	$(BIN)/minisd serve
 
 clean:
 	rm -rf $(VENV) outputs runs .pytest_cache

@@ -24,6 +24,7 @@ RUNS_DIR = Path("runs")
 MAX_GRID_IMAGES = 10_000  # a 100 x 100 grid; FID and other bulk uses draw their samples without a picture
 MAX_SCATTER_POINTS = 20_000  # a score model's samples in one scatter plot
 SAMPLE_IMAGES, SAMPLE_POINTS = 64, 2000  # minisd sample's default --n: images in a grid, or 2-D points
+EXAMPLE_FOLDER_IMAGES = 600  # minisd.data.example_folder.EXAMPLE_IMAGES (not imported here: it loads torch)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,11 +88,52 @@ def _add_common(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
                                                "(default: $MINISD_DATA, else a download cache)")
 
 
+FOLDER_PRESET = "text2image_folder"  # minisd train --data FOLDER without --config
+
+
+def _check_image_folder(folder: Path) -> None:
+    """``--data``: a folder that exists and holds images with captions, checked before a run folder is made
+    (cheaply: the images themselves are read, and bad ones named, when training starts)."""
+    from minisd.data.image_folder import IMAGE_SUFFIXES, METADATA_FILE
+
+    captions = f"a caption for each ({METADATA_FILE}, or a .txt beside each image)"
+    if not folder.exists():
+        raise MinisdError(f"--data {folder}: no such folder; give the folder of your images with {captions}, "
+                          f"or make an example one: minisd example-folder {folder}")
+    if not folder.is_dir():
+        raise MinisdError(f"--data {folder}: a file, not a folder; give the folder of your images with {captions}")
+    files = [path for path in folder.iterdir() if path.is_file()]
+    if not files:
+        raise MinisdError(f"--data {folder}: the folder is empty; put your images in it with {captions}")
+    if not any(path.suffix.lower() in IMAGE_SUFFIXES for path in files):
+        raise MinisdError(f"--data {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    if not (folder / METADATA_FILE).is_file() and not any(path.suffix == ".txt" for path in files):
+        raise MinisdError(f"--data {folder}: the images have no captions; add {METADATA_FILE} (lines of "
+                          '{"file_name": ..., "text": ...}) or a .txt file beside each image')
+
+
+def _default_folder_run(folder: Path) -> Path:
+    """``minisd train --data FOLDER``'s default run folder: runs/<folder name>."""
+    return RUNS_DIR / folder.resolve().name
+
+
+def _holds(outer: Path, inner: Path) -> bool:
+    """Whether the folder ``inner`` is ``outer`` or lies inside it."""
+    outer, inner = outer.resolve(), inner.resolve()
+    return inner == outer or outer in inner.parents
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from minisd.train import load_run_config, train_from_config
     from minisd.train.config import apply_overrides
     from minisd.train.distributed import is_main_process
 
+    if args.data is not None:  # sugar for --set data.dataset=FOLDER, with the folder preset
+        folder = Path(args.data)
+        _check_image_folder(folder)
+        args.set = [f"data.dataset={json.dumps(str(folder))}", *args.set]  # quoted: a folder may be named 2024
+        if not args.config and not args.resume:
+            args.config = FOLDER_PRESET
     if args.config:
         config = load_run_config(args.config, args.set)
     elif args.resume:
@@ -100,10 +142,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise MinisdError("--config is needed to start a run (a preset or a TOML file; see minisd train --help)")
     if args.out:
         out = Path(args.out)
+    elif args.data is not None:
+        out = _default_folder_run(Path(args.data))
     elif args.config:
         out = RUNS_DIR / Path(args.config).stem
     else:
         raise MinisdError("--resume needs --out, the run folder to continue")
+    if args.data is not None and _holds(out, Path(args.data)):
+        other = f"{_default_folder_run(Path(args.data))}-model"
+        raise MinisdError(f"the run folder {out} would hold the images of --data {args.data} (and --overwrite would "
+                          f"delete them); choose another --out, e.g. --out {other}")
     from minisd.train.text_to_image import is_text_to_image_config, train_text_to_image
 
     if is_text_to_image_config(config) or (args.resume and (out / "text2image.json").is_file()):
@@ -305,10 +353,28 @@ def _text_to_image_figures(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else Path("figures/text_to_image")
     for name in ("prompt_grid", "attention", "editing"):  # before the work
         check_writable(out / f"{name}.png", args.overwrite, suffixes=(".png",), what="figure")
+    prompts = _folder_model_prompts(folder)
     pipe = minisd.load(folder, device=resolve_device(args.device))
     if not isinstance(pipe, TextToImagePipeline):
         raise MinisdError(f"{folder} is not a text-to-image model; minisd figures text-to-image draws one")
-    return make_text_to_image_figures(pipe, out, seed=args.seed)
+    return make_text_to_image_figures(pipe, out, seed=args.seed, prompts=prompts)
+
+
+def _folder_model_prompts(folder: Path) -> list[str] | None:
+    """Prompts from the captions of the folder of images a text-to-image model was trained on; None for a model of
+    mnist or shapes (the figures have prompts of their own), or for what is not a text-to-image model."""
+    from minisd.eval.report import text_to_image_dataset, text_to_image_folder
+    from minisd.figures.text_to_image import folder_prompts
+    from minisd.train.text_to_image import is_folder_dataset
+
+    model_folder = text_to_image_folder(folder)
+    if model_folder is None:
+        return None
+    try:
+        dataset = text_to_image_dataset(model_folder)
+    except MinisdError:  # a model folder from before the index named its data
+        return None
+    return folder_prompts(dataset) if is_folder_dataset(dataset) else None
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -370,6 +436,15 @@ def cmd_figures(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def cmd_example_folder(args: argparse.Namespace) -> None:
+    from minisd.data.example_folder import write_example_folder
+
+    folder = write_example_folder(args.out, n=args.n, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {args.n} captioned 32x32 pictures and {folder / 'metadata.jsonl'} to {folder}")
+    out = f" --out {_default_folder_run(folder)}-model" if _holds(_default_folder_run(folder), folder) else ""
+    print(f"next, train a text-to-image model on them: minisd train --data {_shell_quote(str(folder))}{out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from minisd.demo import run_demo
 
@@ -402,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "reads the run's saved config)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set train.steps=500 --set data.dataset=digits")
-    train.add_argument("--out", help="run folder (default: runs/<config name>)")
+    train.add_argument("--data", metavar="FOLDER",
+                       help="train a text-to-image model on your own folder of images with captions "
+                            "(metadata.jsonl, or a .txt beside each image): short for --set data.dataset=FOLDER, "
+                            f"with --config {FOLDER_PRESET} unless another is given, and --out runs/<folder name>")
+    train.add_argument("--out", help="run folder (default: runs/<config name>, or runs/<folder name> with --data)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last checkpoint, with its saved config "
                             "(only train.steps may change: --set train.steps=N trains longer)")
@@ -490,6 +569,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_command(commands, _add_common, _positive_int, _whole_number(1, 1000, "from 1 to 1000"), _seed,
                          _non_negative_number, _LazyChoices(_sampler_names))
 
+    from minisd.web.command import add_serve_command
+
+    add_serve_command(commands, _add_common, _positive_int)
+
+    example = commands.add_parser(
+        "example-folder", help="write a small folder of captioned pictures to train on (minisd train --data)",
+        description="Write N captioned 32x32 pictures of coloured shapes and their metadata.jsonl into OUT, in the "
+                    "image-folder convention: a stand-in for a folder of your own pictures.")
+    example.add_argument("out", metavar="OUT", help="folder to write (new, or empty)")
+    example.add_argument("--n", type=_positive_int, default=EXAMPLE_FOLDER_IMAGES,
+                         help=f"number of pictures (default {EXAMPLE_FOLDER_IMAGES})")
+    example.add_argument("--seed", type=_seed, default=0, help="random seed: the same seed gives the same pictures")
+    example.add_argument("--overwrite", action="store_true",
+                         help="write into a folder that is not empty (other files there are left alone)")
+    example.set_defaults(func=cmd_example_folder)
+
     demo_help = ("train the path's 2-d VAE (784 -> 256 -> 2 -> 256 -> 784) on MNIST, or on the built-in 8x8 digits "
                  "when MNIST is not found, report its test ELBO and importance-weighted bound, and draw its figures")
     demo = commands.add_parser("demo", help="train the path's 2-d VAE and draw its figures (make demo)",
@@ -506,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from minisd.runtime import configure_threads
 
-        configure_threads(args.threads)
+        configure_threads(getattr(args, "threads", None))  # example-folder has no --threads
         args.func(args)
     except MinisdError as err:
         print(f"minisd: error: {err}", file=sys.stderr)

@@ -27,6 +27,7 @@ from minisd.errors import ConfigError, DataError
 METADATA_FILE = "metadata.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _MODES = {1: "L", 3: "RGB"}
+_REPORTED: set[tuple[Path, str]] = set()
 _NAMES_IN_SUMMARY = 10  # the report line names this many skipped files; dataset.skipped has them all
 
 
@@ -112,6 +113,18 @@ def _read_image(path: Path, size: int, mode: str) -> np.ndarray:
     return pixels.reshape(size, size, -1)
 
 
+def folder_captions(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """(file name, caption) for each image of ``folder`` that has a caption, from ``metadata.jsonl`` if there is
+    one, else from the ``.txt`` files; what cannot be used goes to ``skipped`` as (name, reason)."""
+    skipped = [] if skipped is None else skipped
+    if (folder / METADATA_FILE).is_file():
+        return _captions_from_metadata(folder, skipped)
+    if any(folder.glob("*.txt")):
+        return _captions_from_text_files(folder, skipped)
+    raise DataError(f"{str(folder)!r} has no captions: add {METADATA_FILE} (lines of "
+                    '{"file_name": ..., "text": ...}) or a .txt file beside each image')
+
+
 def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) -> CaptionedDataset:
     """The captioned images of the folder ``path``, as (N, channels, size, size) in [0, 1] with labels 0.
 
@@ -128,13 +141,7 @@ def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) 
         raise DataError(f"the image folder {str(folder)!r} does not exist; give the path of a folder of images "
                         f"with captions ({METADATA_FILE} or a .txt beside each image)")
     skipped: list[tuple[str, str]] = []
-    if (folder / METADATA_FILE).is_file():
-        pairs = _captions_from_metadata(folder, skipped)
-    elif any(folder.glob("*.txt")):
-        pairs = _captions_from_text_files(folder, skipped)
-    else:
-        raise DataError(f"{str(folder)!r} has no captions: add {METADATA_FILE} (lines of "
-                        '{"file_name": ..., "text": ...}) or a .txt file beside each image')
+    pairs = folder_captions(folder, skipped)
 
     images, texts = [], []
     for file_name, text in pairs:
@@ -154,7 +161,9 @@ def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) 
         named = ", ".join(f"{name} ({reason})" for name, reason in skipped[:_NAMES_IN_SUMMARY])
         more = len(skipped) - _NAMES_IN_SUMMARY
         report += ": " + named + (f", and {more} more (see dataset.skipped)" if more > 0 else "")
-    print(report, file=sys.stderr)
+    if (folder.resolve(), report) not in _REPORTED:  # once per process: a training run reads its folder often
+        _REPORTED.add((folder.resolve(), report))
+        print(report, file=sys.stderr)
     if not images:
         raise DataError(f"no usable image with a caption in {str(folder)!r} (skipped {len(skipped)}); "
                         "check the file names and captions listed above")

@@ -18,6 +18,31 @@ SHAPES_PROMPTS = ["a small red circle to the left of a blue square", "a blue cir
                   "a yellow square above a small purple circle", "a white diamond below a cyan circle"]
 
 
+FOLDER_PROMPTS = 8  # rows of the prompt grid of a model trained on a folder of images
+
+
+def folder_prompts(folder: str | Path, count: int = FOLDER_PROMPTS) -> list[str]:
+    """Prompts for a model trained on a folder of images: ``count`` of the folder's own captions, the shortest
+    first, each one that says a word the ones before did not taking precedence (so that they differ)."""
+    from minisd.data.image_folder import folder_captions
+    from minisd.errors import DataError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"this model was trained on the folder {str(folder)!r}, which is not found here; its prompt "
+                        f"grid shows the folder's own captions (run the command where you trained the model)")
+    captions = list(dict.fromkeys(text for _, text in folder_captions(folder)))  # distinct, in the folder's order
+    if not captions:
+        raise DataError(f"{str(folder)!r} holds no captions to draw the prompt grid with")
+    captions.sort(key=lambda text: len(text.split()))  # stable: the folder's order among equal lengths
+    chosen, words = [], set()
+    for text in captions:
+        if len(chosen) < count and not set(text.lower().split()) <= words:
+            chosen.append(text)
+            words |= set(text.lower().split())
+    return chosen + [text for text in captions if text not in chosen][:count - len(chosen)]
+
+
 def _generator(pipe: TextToImagePipeline, seed: int) -> torch.Generator:
     return torch.Generator(pipe.device).manual_seed(seed)
 
@@ -90,13 +115,19 @@ def editing_figure(pipe: TextToImagePipeline, prompt: str, edit_prompt: str, pat
     return save_figure(fig, path)
 
 
-def make_text_to_image_figures(pipe: TextToImagePipeline, out_dir: Path, *, seed: int = 0) -> dict[str, Path]:
-    """The chapter's three figures, with prompts for the model's data (digits or shapes)."""
-    shapes = pipe.image_shape[0] == 3
-    prompts = SHAPES_PROMPTS if shapes else DIGIT_PROMPTS
-    edit = ((prompts[0], "a small red circle to the left of a yellow triangle") if shapes
-            else ("a handwritten digit 3", "a handwritten digit 8"))
+def make_text_to_image_figures(pipe: TextToImagePipeline, out_dir: Path, *, seed: int = 0,
+                               prompts: list[str] | None = None) -> dict[str, Path]:
+    """The chapter's three figures, with prompts for the model's data (digits or shapes), or the ``prompts`` given
+    (a model of a folder of images: :func:`folder_prompts`); the attention and editing figures use the first
+    (and the second) of them."""
+    if prompts:
+        attention_prompt, edit = prompts[0], (prompts[0], prompts[1 % len(prompts)])
+    elif pipe.image_shape[0] == 3:
+        prompts = SHAPES_PROMPTS
+        attention_prompt, edit = prompts[0], (prompts[0], "a small red circle to the left of a yellow triangle")
+    else:
+        prompts = DIGIT_PROMPTS
+        attention_prompt, edit = "a thick handwritten digit 7", ("a handwritten digit 3", "a handwritten digit 8")
     return {"prompt_grid": prompt_grid_figure(pipe, prompts, out_dir / "prompt_grid.png", seed=seed),
-            "attention": attention_figure(pipe, prompts[0] if shapes else "a thick handwritten digit 7",
-                                          out_dir / "attention.png", seed=seed),
+            "attention": attention_figure(pipe, attention_prompt, out_dir / "attention.png", seed=seed),
             "editing": editing_figure(pipe, *edit, out_dir / "editing.png", seed=seed)}

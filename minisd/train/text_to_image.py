@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from minisd.errors import ConfigError
+from minisd.errors import ConfigError, MinisdError
 from minisd.runtime import cpu_name
 from minisd.train.checkpoint import find_checkpoint, load, read_checkpoint_config
 from minisd.train.config import differences
@@ -147,7 +147,7 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
 def held_out_report(model: Any, run_dir: Path, *, data_dir: str | None, num_images: int = 2000) -> dict[str, Any]:
     """What the two frozen parts of ``model`` (the run's LatentDiffusion) reach on the test split: the
     autoencoder's reconstruction error, and the text encoder's caption-to-image retrieval among 100 with
-    captions in the held-out templates."""
+    captions in the held-out templates. A folder of images has no test split: there, its own images and captions."""
     from minisd.eval.reconstruction import reconstruction_report
 
     config = read_checkpoint_config(run_dir / "unet")
@@ -161,17 +161,37 @@ def held_out_report(model: Any, run_dir: Path, *, data_dir: str | None, num_imag
     return report
 
 
+def is_folder_dataset(dataset: str) -> bool:
+    """Whether ``data.dataset`` names a folder of images with captions rather than a built-in dataset."""
+    from minisd.data.captioned import CAPTIONED_DATASETS
+
+    return dataset not in CAPTIONED_DATASETS
+
+
 def _model_card(run_dir: Path, timings: list[dict[str, Any]], held_out: dict[str, Any]) -> str:
     """The model card: how the model was trained (the command, the time per stage on this machine) and what each
-    stage reached on its test split."""
-    lines = [f"# {run_dir.resolve().name}", "", "A minisd text-to-image model (chapter \"Stable Diffusion\").", "",
-             "## How it was trained", "", "Each command run on the training folder, and the time each stage took:", ""]
+    stage reached on its test split (a folder of images has none: then on the images it was trained on)."""
+    data = read_checkpoint_config(run_dir / "unet")["data"]
+    folder = is_folder_dataset(data["dataset"])
+    lines = [f"# {run_dir.resolve().name}", "", "A minisd text-to-image model (chapter \"Stable Diffusion\").", ""]
+    if folder:
+        lines += [f"Trained on the folder `{data['dataset']}`: {held_out['autoencoder']['num_images']} images with "
+                  f"captions, each resized to {data.get('image_size')}x{data.get('image_size')}.", ""]
+    lines += ["## How it was trained", "", "Each command run on the training folder, and the time each stage took:", ""]
     total = sum(sum(t["seconds"].values()) for t in timings)
     for timing in timings:
         parts = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timing["seconds"].items())
         lines += [f"    {timing.get('command') or '(from Python)'}", "",
                   f"  {parts} ({timing['threads']} CPU threads, {timing['cpu']})", ""]
-    lines += [f"- total: **{total / 60:.1f} minutes**", "", "## What each part reached (test split)", ""]
+    lines += [f"- total: **{total / 60:.1f} minutes**", ""]
+    if folder:
+        lines += ["## What each part reached (on the training images)", "",
+                  "A folder of images has no test split: these numbers are measured on the images the model was "
+                  "trained on, with their own captions. They say how well each part fits them, not how it does on "
+                  "new pictures.", ""]
+    else:
+        lines += ["## What each part reached (test split)", ""]
+    images = "images of the folder" if folder else "test images"
     for stage in STAGES:
         metrics = [json.loads(line) for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()
                    if line.strip().startswith("{")] if (run_dir / stage / "metrics.jsonl").exists() else []
@@ -180,17 +200,23 @@ def _model_card(run_dir: Path, timings: list[dict[str, Any]], held_out: dict[str
             shown = ", ".join(f"{k[5:]} {v:.4g}" for k, v in evals[-1].items() if k.startswith("eval/"))
             lines.append(f"- {stage} (step {evals[-1]['step']}): {shown}")
     reconstruction = held_out["autoencoder"]
-    lines.append(f"- autoencoder reconstructions of {reconstruction['num_images']} test images: squared error "
+    lines.append(f"- autoencoder reconstructions of {reconstruction['num_images']} {images}: squared error "
                  f"{reconstruction['mse']:.5f} per pixel, PSNR {reconstruction['psnr']:.1f} dB")
     retrieval = held_out.get("text_encoder")
     if retrieval:
-        lines.append(f"- text encoder, caption-to-image retrieval among 100 test images, held-out caption templates: "
+        captions = "their own captions" if folder else "held-out caption templates"
+        lines.append(f"- text encoder, caption-to-image retrieval among 100 {images}, {captions}: "
                      f"top-1 {retrieval['top1']:.3f} (chance {retrieval['top1_chance']:.3f}), top-5 "
                      f"{retrieval['top5']:.3f}; any image whose caption says the same: top-1 "
                      f"{retrieval['top1_class']:.3f} (chance {retrieval['top1_class_chance']:.3f}), top-5 "
                      f"{retrieval['top5_class']:.3f}")
-    lines += ["", "Prompt adherence and FID: `minisd eval` with the evaluation classifier (see "
-              "benchmarks/README.md, \"Text-to-image\")."]
+    if folder:
+        lines += ["", "Prompt adherence and FID are measured for the mnist and shapes models only (by classifiers of "
+                  "their attributes); to see how this model follows prompts, draw a prompt grid from the folder's own "
+                  f"captions: `minisd figures text-to-image {run_dir}`."]
+    else:
+        lines += ["", "Prompt adherence and FID: `minisd eval` with the evaluation classifier (see "
+                  "benchmarks/README.md, \"Text-to-image\")."]
     return "\n".join(lines) + "\n"
 
 
@@ -228,15 +254,22 @@ def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, d
     seconds: dict[str, float] = {}
     timings = [*(json.loads(timings_file.read_text()) if timings_file.exists() else []),
                {"command": command, "seconds": seconds, "threads": torch.get_num_threads(), "cpu": cpu_name()}]
-    for stage in STAGES:
-        started = time.perf_counter()
-        if stage == "unet":
-            _train_unet(stage_config(config, stage), run_dir / stage, run_dir / "autoencoder",
-                        run_dir / "text_encoder", **options)
-        else:
-            _stage_run(stage_config(config, stage), run_dir / stage, **options)
-        seconds[stage] = time.perf_counter() - started
-        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+    try:
+        for stage in STAGES:
+            started = time.perf_counter()
+            if stage == "unet":
+                _train_unet(stage_config(config, stage), run_dir / stage, run_dir / "autoencoder",
+                            run_dir / "text_encoder", **options)
+            else:
+                _stage_run(stage_config(config, stage), run_dir / stage, **options)
+            seconds[stage] = time.perf_counter() - started
+            timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+    except MinisdError:
+        # A new run refused before its first checkpoint (a folder without one usable image, say) leaves nothing
+        # behind: the same command, corrected, must not be told to --resume a run that never started.
+        if not resume and not any(find_checkpoint(run_dir / stage) for stage in STAGES):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     folder = run_dir / MODEL_FOLDER
     if is_model_folder(folder):
         shutil.rmtree(folder)
