@@ -181,10 +181,10 @@ def test_strength_outside_0_to_1_is_refused(value):
     refused(LIMITS.strength, value, "the strength must be a number from 0 to 1")
 
 
-def test_time_lies_in_0_to_1():
-    assert LIMITS.time(0) == 0.0 and LIMITS.time(1) == 1.0 and LIMITS.time("0.5") == 0.5
-    for value in (-0.1, 1.1, float("nan"), None):
-        refused(LIMITS.time, value, "the time t must be a number from 0 to 1")
+def test_a_latent_coordinate_lies_on_the_map():
+    assert LIMITS.latent(-3, "z[0]") == -3.0 and LIMITS.latent("2.5", "z[1]") == 2.5
+    for value in (-3.1, 3.1, float("nan"), None, "x"):
+        refused(lambda v: LIMITS.latent(v, "z[0]"), value, "z[0] must be a number from -3 to 3")
 
 
 # ---------------------------------------------------------------- uploads

@@ -497,7 +497,8 @@ def test_generations_run_one_at_a_time_even_when_a_page_leaves_early(studio, mon
 
 
 def test_a_click_on_the_plane_picture_maps_to_its_latent_point():
-    from minisd.web.studio import LATENT_EXTENT, latent_point
+    from minisd.web.limits import LATENT_EXTENT
+    from minisd.web.studio import latent_point
 
     assert latent_point(0, 0, (480, 480)) == pytest.approx((-LATENT_EXTENT, LATENT_EXTENT), abs=0.01)
     assert latent_point(479, 479, (480, 480)) == pytest.approx((LATENT_EXTENT, -LATENT_EXTENT), abs=0.01)

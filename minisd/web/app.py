@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from minisd.errors import MinisdError
-from minisd.web.limits import RequestError
-from minisd.web.studio import LATENT_EXTENT, PAGE_SAMPLERS, Studio, latent_point
+from minisd.web.limits import LATENT_EXTENT, RequestError
+from minisd.web.studio import PAGE_SAMPLERS, Studio, latent_point
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HEAVY = "model"  # the concurrency group of everything that runs a diffusion model: one at a time
@@ -73,6 +73,16 @@ def build_page(studio: Studio):
             return gr.Error(str(err), print_exception=False)
         log.exception("a request failed")
         return gr.Error(f"the server could not do this ({type(err).__name__}); it goes on serving", print_exception=False)
+
+    def answered(handler):
+        """``handler`` with every failure turned into the page's error message (the server goes on)."""
+        @functools.wraps(handler)
+        def wrapper(*args):
+            try:
+                return handler(*args)
+            except Exception as err:  # noqa: BLE001
+                raise refused(err) from None
+        return wrapper
 
     with gr.Blocks(title="minisd", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(INTRO)
@@ -171,11 +181,7 @@ def build_page(studio: Studio):
                         decoded = gr.Image(studio.decode_latent(0, 0), label="Decoded", elem_id="decoded",
                                            interactive=False, format="png")
 
-                def decode(a, b):
-                    try:
-                        return studio.decode_latent(a, b)
-                    except Exception as err:  # noqa: BLE001
-                        raise refused(err) from None
+                decode = answered(studio.decode_latent)
 
                 def clicked(event: gr.SelectData):
                     return latent_point(*event.index, plane_picture.size)
@@ -202,11 +208,9 @@ def build_page(studio: Studio):
             denoised = gr.Gallery(label="the model's x0 estimate from x_t", columns=8, height=180,
                                   elem_id="denoised", format="png", interactive=False)
 
+            @answered
             def noise_and_denoise(upload, model_name, text, last):
-                try:
-                    return studio.noising(upload, model_name, text, image_path=Path(last) if last else None)
-                except Exception as err:  # noqa: BLE001
-                    raise refused(err) from None
+                return studio.noising(upload, model_name, text, image_path=Path(last) if last else None)
 
             noise_go.click(noise_and_denoise, [source, model, noise_prompt, last_image], [noised, denoised],
                            api_name="noising", concurrency_id=HEAVY)

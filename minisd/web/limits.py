@@ -23,6 +23,7 @@ from minisd.errors import ConfigError
 #: Image kinds an upload may be, by the format Pillow finds in its bytes.
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 MAX_SEED = 2**63 - 1
+LATENT_EXTENT = 3.0  # the latent-plane tab spans [-3, 3]^2: 99.7% of the VAE prior's mass on each axis
 
 
 class RequestError(ConfigError):
@@ -78,8 +79,9 @@ class Limits:
             raise RequestError("the strength must be above 0 (0 would keep the init image unchanged); 1 redraws all")
         return strength
 
-    def time(self, value: Any) -> float:
-        return _number(value, "the time t", 0.0, 1.0)
+    def latent(self, value: Any, what: str) -> float:
+        """A coordinate of the VAE's latent plane, as far out as the page's map goes."""
+        return _number(value, what, -LATENT_EXTENT, LATENT_EXTENT)
 
     def upload(self, data: bytes, what: str) -> Image.Image:
         """The image in an upload's bytes, fully decoded, or a :class:`RequestError` naming what is wrong."""

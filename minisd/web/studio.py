@@ -25,13 +25,12 @@ import torch
 from PIL import Image, ImageOps
 
 from minisd.errors import ConfigError, MinisdError
-from minisd.web.limits import Limits, RequestError
+from minisd.web.limits import LATENT_EXTENT, Limits, RequestError
 from minisd.web.pictures import attention_overlays, enlarge, tensor_grid
 
 #: The samplers the page offers: each takes a fixed number of steps, so the live preview shows every one.
 PAGE_SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde", "ddim", "ddpm", "euler", "euler_ancestral", "heun", "pc")
 INIT_IMAGE_FILE, MASK_FILE = "init-image.png", "mask.png"
-LATENT_EXTENT = 3.0  # the latent-plane tab spans [-3, 3]^2: 99.7% of the VAE prior's mass on each axis
 
 
 def find_models(shipped: Path, runs: Path | None) -> dict[str, Path]:
@@ -282,15 +281,9 @@ class Studio:
     @torch.no_grad()
     def decode_latent(self, z0: Any, z1: Any) -> Image.Image:
         """The VAE's decoded image (its Bernoulli means) at the latent point (z0, z1)."""
-        z = torch.tensor([[self.limits_latent(z0, "z[0]"), self.limits_latent(z1, "z[1]")]])
+        z = torch.tensor([[self.limits.latent(z0, "z[0]"), self.limits.latent(z1, "z[1]")]])
         vae = self._need_vae()
         return enlarge(tensor_grid(torch.sigmoid(vae.decode(z.to(vae.device)))), 256)
-
-    @staticmethod
-    def limits_latent(value: Any, what: str) -> float:
-        from minisd.web.limits import _number
-
-        return _number(value, what, -LATENT_EXTENT, LATENT_EXTENT)
 
     @torch.no_grad()
     def latent_plane(self, side: int = 15) -> Image.Image:
