@@ -66,14 +66,15 @@ def run_all(studio: Studio, request) -> tuple[list[dict], Generation]:
 
 
 def minisd_generate_from(png: Path, out: Path) -> None:
-    # One thread, as the studio ran here (tests/conftest.py): float sums in another order can move a pixel by 1/255.
+    # One thread, as the studio runs (threads=1): float sums in another order can move a pixel by 1/255.
     assert main(["generate", "--from", str(png), "--out", str(out), "--threads", "1"]) == 0
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory) -> Studio:
+    # One thread, as minisd_generate_from asks of --from (--threads 1): the same sums in the same order.
     return Studio(find_models(SHIPPED_MODELS, None), tmp_path_factory.mktemp("outputs"),
-                  vae=SHIPPED_MODELS / "vae2d")
+                  vae=SHIPPED_MODELS / "vae2d", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -514,3 +515,23 @@ def test_noising_takes_an_upload_of_any_size_but_only_its_own_files_by_path(stud
     wide.save(outside)
     with pytest.raises(RequestError, match="generated"):
         studio.noising(None, "mnist", "", image_path=outside)
+
+
+def test_a_generation_runs_on_the_studios_thread_count_whatever_its_worker_thread_starts_with(tmp_path,
+                                                                                             monkeypatch):
+    seen = []
+    real_call = TextToImagePipeline.__call__
+
+    def record_threads(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextToImagePipeline, "__call__", record_threads)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            served = Studio({"mnist": SHIPPED_MODELS / "mnist"}, tmp_path / str(threads), threads=threads)
+            run_all(served, served.request(prompt=DIGIT, model="mnist", steps=1))
+    finally:
+        torch.set_num_threads(previous)  # the rest of the suite runs on one (tests/conftest.py)
+    assert seen == [1, 2]

@@ -408,13 +408,14 @@ def num_evaluations(sampler: str, steps: int, **sampler_args: Any) -> int:
 
 
 def _stop_if_not_finite(callback: Callback | None, sampler: str, steps: int) -> Callback:
-    """Wrap a per-step callback so that sampling stops at the first step whose state is NaN or infinite."""
+    """Wrap a per-step callback so that sampling stops at the first step whose state is NaN or infinite; the
+    callback also learns how many steps this sampling runs (``info["steps"]``: fewer than asked from an image)."""
     def check_then_call(info: dict[str, Any]) -> None:
         if not torch.isfinite(info["x"]).all():
             raise SamplingError(f"{sampler} gave NaN or infinite values at step {info['step'] + 1} of {steps}; no "
                                 f"image was made. Try another sampler or spacing, more steps, or a lower eta")
         if callback is not None:
-            callback(info)
+            callback({**info, "steps": steps})
     return check_then_call
 
 

@@ -128,8 +128,9 @@ class TextToImagePipeline:
         ``image``: an init image ``(C, H, W)``/``(1, C, H, W)`` tensor in [0, 1] or a PIL image, redrawn from
         ``strength`` (default 0.8; 1 redraws everything); with ``mask_image`` (white = repaint) only the
         masked region is redrawn (``strength`` default 1) and the rest is the init image as the autoencoder
-        reconstructs it. ``callback`` gets, after every step, a dict with ``step``, ``t``, ``latents`` and
-        ``x0_preview`` (the current estimate of the images, decoded).
+        reconstructs it. ``callback`` gets, after every step, a dict with ``step`` (from 0), ``steps`` (how many run:
+        ``ceil(strength * steps)`` from an init image), ``t``, ``latents`` and ``x0_preview`` (the current estimate
+        of the images, decoded).
         """
         model = self.model
         prompts = _as_list(prompt, "prompt")
@@ -185,7 +186,7 @@ class TextToImagePipeline:
                 if recorder is not None:
                     recorder.end_step()
                 if callback is not None:
-                    callback({"step": info["step"], "t": info["t"], "latents": info["x"],
+                    callback({"step": info["step"], "steps": info["steps"], "t": info["t"], "latents": info["x"],
                               "x0_preview": model.autoencoder.decode(info["x0_pred"])})
 
         if generator is None:

@@ -9,7 +9,6 @@ so ``minisd generate --from minisd-7-0.png`` makes the identical image again.
 
 from __future__ import annotations
 
-import math
 import queue
 import secrets
 import itertools
@@ -80,7 +79,8 @@ class Studio:
     """Models by name, loaded once; generations written under ``outputs``."""
 
     def __init__(self, models: dict[str, Path], outputs: Path, *, limits: Limits | None = None,
-                 device: str = "cpu", vae: Path | None = None, rescan: Callable[[], dict[str, Path]] | None = None):
+                 device: str = "cpu", vae: Path | None = None, rescan: Callable[[], dict[str, Path]] | None = None,
+                 threads: int | None = None):
         if not models:
             raise MinisdError("no text-to-image model to serve: the shipped checkpoints/ are missing and no run "
                               "under --runs has a model folder")
@@ -91,6 +91,9 @@ class Studio:
         self._vae: Any = None
         self._load_lock = threading.Lock()
         self._generating = threading.Lock()
+        # Generations run in a worker thread, which would start with OpenMP's default thread count, not the one
+        # the command set (--threads): the count changes the order of float sums, and so the last bit of a pixel.
+        self.threads = threads or torch.get_num_threads()
 
     @property
     def model_names(self) -> list[str]:
@@ -189,6 +192,7 @@ class Studio:
         # One generation at a time, also when a page that started one has gone (its stream is closed, but the
         # model call runs to its end, and the next one waits for it).
         with self._generating:
+            torch.set_num_threads(self.threads)
             folder = self._new_folder(request.seed)
             try:
                 events.put({"done": self._generate(request, events, folder)})
@@ -220,15 +224,9 @@ class Studio:
             inputs["image"] = load_image(folder / INIT_IMAGE_FILE, size=(height, width), channels=channels)
         if request.mask is not None:
             inputs["mask_image"] = load_mask(folder / MASK_FILE, size=(height, width))
-        steps = request.steps or pipe.model.sample_steps
-        if request.init_image is not None:  # image-to-image runs only the last ceil(strength * steps) steps
-            from minisd.pipelines.text_to_image import DEFAULT_IMG2IMG_STRENGTH
-
-            strength = request.strength or (1.0 if request.mask is not None else DEFAULT_IMG2IMG_STRENGTH)
-            steps = max(1, math.ceil(strength * steps - 1e-9))
 
         def on_step(info: dict[str, Any]) -> None:
-            events.put({"step": int(info["step"]) + 1, "steps": steps, "t": float(info["t"]),
+            events.put({"step": int(info["step"]) + 1, "steps": info["steps"], "t": float(info["t"]),
                         "preview": enlarge(tensor_grid(info["x0_preview"].clamp(0, 1)))})
 
         guidance = pipe.model.guidance_scale if request.guidance_scale is None else request.guidance_scale
