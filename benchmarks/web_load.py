@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"busy answer: {results['busy_message']!r}")
     for message in results["failures"]:
         print(f"FAILED: {message}")
-    print(f"\n| bad input | refused with a clear message | server up after | message |\n|---|---|---|---|")
+    print("\n| bad input | refused with a clear message | server up after | message |\n|---|---|---|---|")
     for row in results["bad_inputs"]:
         print(f"| {row['input']} | {'yes' if row['refused'] else 'NO'} | {'yes' if row['server_up'] else 'NO'} | "
               f"{row['message'].replace('|', '/')} |")

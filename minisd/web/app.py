@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from minisd.errors import MinisdError
-from minisd.web.limits import LATENT_EXTENT, RequestError
+from minisd.web.limits import LATENT_EXTENT
 from minisd.web.studio import PAGE_SAMPLERS, Studio, latent_point
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
