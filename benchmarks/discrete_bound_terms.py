@@ -15,7 +15,7 @@ import minisd
 from minisd.data import load_dataset
 from minisd.diffusion.losses import diffusion_term
 from minisd.models.diffusion import to_8bit_grid
-from minisd.train.checkpoint import read_checkpoint_config
+from minisd.models.files import read_checkpoint_config
 
 
 def main(run: str, num_steps: int = 1000, num_images: int = 200) -> None:

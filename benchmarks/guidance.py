@@ -42,7 +42,7 @@ from minisd.eval import fid
 from minisd.figures.plotting import save_figure, show_image_grid
 from minisd.outputs import check_can_create, check_writable, make_parent
 from minisd.runtime import resolve_device
-from minisd.train.checkpoint import read_checkpoint_config
+from minisd.models.files import read_checkpoint_config
 
 METHODS = {"cfg": "classifier-free", "classifier": "classifier"}
 GRID_PER_DIGIT = 2  # samples of each digit shown per scale in the sample grids

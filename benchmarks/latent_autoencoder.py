@@ -25,10 +25,10 @@ import torch
 
 import minisd
 from minisd.data import load_dataset
-from minisd.data.captioned import load_captioned
+from minisd.data import load_captioned
 from minisd.eval.reconstruction import reconstruction_report
 from minisd.models.latent_autoencoder import LatentAutoencoder
-from minisd.probability import kl_normal
+from minisd.distributions import kl_normal
 from minisd.train.config import load_run_config
 from minisd.train.run import train_from_config
 

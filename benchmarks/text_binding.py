@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import minisd
-from minisd.data.captioned import load_captioned
+from minisd.data import load_captioned
 from minisd.data.captions import phrase_pattern
 from minisd.data.shapes import COLOUR_WORDS
 from minisd.runtime import configure_threads

@@ -152,14 +152,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         other = f"{_default_folder_run(Path(args.data))}-model"
         raise MinisdError(f"the run folder {out} would hold the images of --data {args.data} (and --overwrite would "
                           f"delete them); choose another --out, e.g. --out {other}")
-    from minisd.train.text_to_image import is_text_to_image_config, train_text_to_image
+    from minisd.train.config import is_text_to_image_config
+    from minisd.train.text_to_image import RUN_CONFIG_FILE, train_text_to_image
 
-    if is_text_to_image_config(config) or (args.resume and (out / "text2image.json").is_file()):
+    if is_text_to_image_config(config) or (args.resume and (out / RUN_CONFIG_FILE).is_file()):
         if args.resume and not args.config:
-            config = apply_overrides(json.loads((out / "text2image.json").read_text()), args.set)
+            config = apply_overrides(json.loads((out / RUN_CONFIG_FILE).read_text()), args.set)
         train_text_to_image(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                             device=args.device, progress=not args.no_progress,
                             command=" ".join(["minisd", *map(_shell_quote, sys.argv[1:])]))
+        if is_main_process():
+            from minisd.eval.model_card import write_model_card
+
+            print(f"model card: {write_model_card(out, data_dir=args.data_dir)}")
         return
     result = train_from_config(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                                device=args.device, progress=not args.no_progress)
@@ -277,7 +282,7 @@ def _eval_text_to_image(args: argparse.Namespace, folder: Path) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from minisd.eval.report import check_eval_request, evaluate_checkpoint, text_to_image_folder, write_results
-    from minisd.train.checkpoint import read_checkpoint_config
+    from minisd.models.files import read_checkpoint_config
 
     folder = text_to_image_folder(args.checkpoint)
     if folder is not None:
@@ -365,7 +370,7 @@ def _folder_model_prompts(folder: Path) -> list[str] | None:
     mnist or shapes (the figures have prompts of their own), or for what is not a text-to-image model."""
     from minisd.eval.report import text_to_image_dataset, text_to_image_folder
     from minisd.figures.text_to_image import folder_prompts
-    from minisd.train.text_to_image import is_folder_dataset
+    from minisd.eval.model_card import is_folder_dataset
 
     model_folder = text_to_image_folder(folder)
     if model_folder is None:
@@ -378,7 +383,7 @@ def _folder_model_prompts(folder: Path) -> list[str] | None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from minisd.train.checkpoint import read_checkpoint_config
+    from minisd.models.files import read_checkpoint_config
 
     if args.chapter == "text-to-image":
         for name, path in _text_to_image_figures(args).items():
@@ -566,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from minisd.generate import add_generate_command
 
-    add_generate_command(commands, _add_common, _positive_int, _whole_number(1, 1000, "from 1 to 1000"), _seed,
+    add_generate_command(commands, _add_common, _positive_int, _seed,
                          _non_negative_number, _LazyChoices(_sampler_names))
 
     from minisd.web.command import add_serve_command

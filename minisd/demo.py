@@ -18,7 +18,7 @@ from minisd.figures.vae import make_vae_figures
 from minisd.outputs import check_can_create
 from minisd.runtime import resolve_device
 from minisd.train import load_run_config, train_from_config
-from minisd.train.checkpoint import load
+from minisd.models.files import load
 
 # The 8x8 digits are 40 times fewer than MNIST's images: smaller batches, more epochs.
 DIGITS_OVERRIDES = ["data.dataset=digits", "train.batch_size=64", "train.steps=4000", "train.eval_every=1000",
@@ -97,5 +97,5 @@ def text_to_image_demo(out_dir: Path, *, device: str = "auto") -> list[str]:
             written.append(str(path))
             print(f"image:      {path}  ({prompt!r})")
     if written:
-        print(f"\nmore: minisd generate \"a handwritten digit 7\" --n 4 --out seven.png   (settings are in the PNG)")
+        print("\nmore: minisd generate \"a handwritten digit 7\" --n 4 --out seven.png   (settings are in the PNG)")
     return written

@@ -42,6 +42,53 @@ def model_path(model: str | None) -> Path:
     raise ConfigError(f"no model {name!r}: not a folder, and not one of the shipped models {shipped}")
 
 
+def shipped_models() -> dict[str, Path]:
+    """The shipped text-to-image models by the name ``--model`` takes (``checkpoints/<name>``)."""
+    from minisd.models.model_folder import is_model_folder
+
+    found = sorted(SHIPPED_MODELS.glob("*")) if SHIPPED_MODELS.is_dir() else []
+    return {folder.name: folder for folder in found if is_model_folder(folder)}
+
+
+def _tokenizer_of(folder: Path) -> Any:
+    """The tokenizer of a model folder or of a run's model folder, or None (not a minisd tokenizer, unreadable)."""
+    from minisd.models.clip import TOKENIZER_FILE
+    from minisd.models.model_folder import RUN_MODEL_FOLDER
+    from minisd.text.tokenizer import Tokenizer
+
+    for model_folder in (folder, folder / RUN_MODEL_FOLDER):
+        path = model_folder / "text_encoder" / TOKENIZER_FILE
+        if path.is_file():
+            try:
+                return Tokenizer.load(path)
+            except MinisdError:
+                return None
+    return None
+
+
+def unknown_words_note(text: str, tokenizer: Any, model_name: str,
+                       models: dict[str, Path]) -> tuple[str, list[str]] | None:
+    """What to tell a user whose prompt ``text`` has words the model ``model_name`` never read in its captions
+    (``tokenizer``: its tokenizer): the note, and the names among ``models`` (name -> folder) whose tokenizers know
+    every one of those words, so the user can switch. None when the model knows every word.
+
+    The words become one ``[UNK]`` token each, which the model learnt nothing about: the image ignores them.
+    """
+    unknown = tokenizer.unknown_words(text)
+    if not unknown:
+        return None
+    words = ", ".join(map(repr, unknown))
+    known_by = [name for name, folder in models.items() if name != model_name
+                and (other := _tokenizer_of(Path(folder))) is not None and not other.unknown_words(" ".join(unknown))]
+    note = f"{words} {'is' if len(unknown) == 1 else 'are'} not in the {model_name} model's vocabulary"
+    if known_by:
+        models_word = "model knows" if len(known_by) == 1 else "models know"
+        note += f"; the {' and '.join(known_by)} {models_word} {'it' if len(unknown) == 1 else 'them'}"
+    else:
+        note += f" ({'it is' if len(unknown) == 1 else 'they are'} read as an unknown word)"
+    return note, known_by
+
+
 def _settings_from_png(args: argparse.Namespace) -> None:
     """Fill ``args`` from the settings a PNG stores (``--from``); flags given explicitly are kept (every flag of
     :data:`_FLAG_OF_SETTING` defaults to None, so an explicit 0, ``--seed 0`` or ``--guidance 0``, is kept too)."""
@@ -78,7 +125,7 @@ def _outputs(args: argparse.Namespace, count: int) -> list[Path]:
 def run_generate(args: argparse.Namespace) -> list[Path]:
     import torch
 
-    import minisd
+    from minisd.pipelines import load
     from minisd.images import make_grid, to_pil
     from minisd.outputs import check_writable
     from minisd.pipelines import TextToImagePipeline
@@ -93,10 +140,15 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     if args.prompt is None:
         raise ConfigError("give a prompt, e.g. minisd generate \"a handwritten digit 7\", or --from IMAGE.png")
     sampler_args = given_sampler_args(args)
-    if args.sampler is not None:  # before the work (with the model's own sampler, the pipeline checks them later)
-        from minisd.diffusion.samplers import check_sampler_args
+    from minisd.diffusion.samplers import check_sampler_args, check_steps, check_strength
 
+    # Before the work (with the model's own sampler, the pipeline checks its arguments later).
+    if args.sampler is not None:
         check_sampler_args(args.sampler, **sampler_args)
+    if args.steps is not None:
+        check_steps(args.steps)
+    if args.strength is not None:
+        check_strength(args.strength)
     if args.n is None:
         args.n = 1
     if args.seed is None:
@@ -107,7 +159,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         check_writable(out, args.overwrite, suffixes=(".png",), what="image")
 
     folder = model_path(args.model)
-    pipe = minisd.load(folder, device=resolve_device(args.device))
+    pipe = load(folder, device=resolve_device(args.device))
     if not isinstance(pipe, TextToImagePipeline):
         raise ConfigError(f"{folder} is a {pipe.model_type} checkpoint, not a text-to-image model; "
                           f"use minisd sample for it")
@@ -116,10 +168,10 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         raise MinisdError(f"{args.from_png} was made by a model with hash {recorded}, but {folder} has hash "
                           f"{pipe.weights_hash}: another model would make another image; give --model the original")
     for text in filter(None, (args.prompt, args.negative_prompt)):
-        unknown = pipe.model.tokenizer.unknown_words(text)
-        if unknown:
-            print(f"minisd: note: the model never read {', '.join(map(repr, unknown))} in its captions; "
-                  f"{'it is' if len(unknown) == 1 else 'they are'} read as an unknown word", file=sys.stderr)
+        found = unknown_words_note(text, pipe.model.tokenizer, args.model or DEFAULT_MODEL, shipped_models())
+        if found is not None:
+            note, known_by = found
+            print(f"minisd: note: {note}" + (f": --model {known_by[0]}" if known_by else ""), file=sys.stderr)
     channels, height, width = pipe.image_shape
     inputs: dict[str, Any] = {}
     if args.init_image is not None:
@@ -160,7 +212,7 @@ def generate_png(prompt: str, out: str | Path, *, model: str | None = None, n: i
     return run_generate(argparse.Namespace(**{**flags, **options}))[0]
 
 
-def add_generate_command(commands: Any, common: Any, positive_int: Any, steps_type: Any, seed: Any,
+def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: Any,
                          non_negative: Any, sampler_choices: Any) -> None:
     """The ``generate`` sub-command's flags (named like ``minisd sample``'s)."""
     generate = commands.add_parser("generate", help="make images from a text prompt (text-to-image)",
@@ -169,7 +221,7 @@ def add_generate_command(commands: Any, common: Any, positive_int: Any, steps_ty
     generate.add_argument("prompt", nargs="?", help="what to draw, e.g. \"a handwritten digit 7\"")
     generate.add_argument("--out", default="generated.png", help="PNG to write (default: generated.png)")
     generate.add_argument("--negative-prompt", help="what to steer away from (the unconditional branch's prompt)")
-    generate.add_argument("--steps", type=steps_type, help="sampling steps, 1 to 1000 (default: the model's, 20)")
+    generate.add_argument("--steps", type=positive_int, help="sampling steps, at most 1000 (default: the model's, 20)")
     generate.add_argument("--guidance", type=non_negative, help="classifier-free guidance scale (0: ignore the "
                                                                 "prompt, 1: plain conditional; default: the model's)")
     generate.add_argument("--sampler", choices=sampler_choices, metavar="SAMPLER",

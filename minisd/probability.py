@@ -4,15 +4,21 @@ Every function here is a worked example from ``docs/01-probability.md``. The ref
 text is Calvin Luo, "Understanding Diffusion Models: A Unified Perspective" (2022,
 arXiv 2208.11970); comments cite it as ``Luo (2022) eq. N``.
 
-The chapter has five parts, in the order they appear below:
+The chapter has eight parts, in the order they appear below:
 
-1. Bayes' rule, computed exactly and estimated by counting a simulated population.
-2. Monte Carlo expectations, whose error shrinks like ``1 / sqrt(N)``.
-3. The KL divergence between Gaussians: closed form against a Monte Carlo estimate.
-4. The ELBO of a linear-Gaussian latent model, where ``log p(x)`` and ``p(z | x)`` are
+1. Random variables: a probability mass function sums to one, a density integrates to one
+   (and may exceed one).
+2. Joint, marginal and conditional distributions of two correlated heights, in closed form
+   and by counting samples.
+3. Bayes' rule, computed exactly and estimated by counting a simulated population.
+4. A coin whose fairness is a hidden random variable: the Beta posterior and the evidence
+   in closed form, checked against Bayes' rule on a grid.
+5. Monte Carlo expectations, whose error shrinks like ``1 / sqrt(N)``.
+6. The KL divergence between Gaussians: closed form against a Monte Carlo estimate.
+7. The ELBO of a linear-Gaussian latent model, where ``log p(x)`` and ``p(z | x)`` are
    known exactly, so ``log p(x) - ELBO = KL(q(z|x) || p(z|x))`` can be checked to
    machine precision.
-5. Two gradient estimators for ``d/dtheta E_{z ~ q_theta}[f(z)]``: the
+8. Two gradient estimators for ``d/dtheta E_{z ~ q_theta}[f(z)]``: the
    reparameterisation trick (what a VAE uses) and the score function (REINFORCE).
 
 Conventions: every random function takes an explicit ``torch.Generator`` so results are
@@ -29,7 +35,16 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-LOG_TWO_PI = math.log(2.0 * math.pi)
+# The Gaussian helpers every model uses live in minisd.distributions; the chapter imports
+# them for its examples and re-exports them, so ``minisd.probability.kl_normal`` still works.
+from minisd.distributions import (  # noqa: F401  (re-exported for the chapter)
+    LOG_TWO_PI,
+    gaussian_log_density,
+    importance_weighted_log_likelihood,
+    kl_normal,
+    sample_normal,
+)
+
 DTYPE = torch.float64
 
 
@@ -64,7 +79,140 @@ class MonteCarloEstimate:
 
 
 # --------------------------------------------------------------------------------------
-# 1. Bayes' rule
+# 1. Random variables: probability mass and probability density
+# --------------------------------------------------------------------------------------
+
+
+def binomial_pmf(num_trials: int, success_probability: float) -> Tensor:
+    """``P(K = k) = C(n, k) p^k (1 - p)^(n - k)`` for ``k = 0 .. n``; shape ``(n + 1,)``.
+
+    A probability *mass* function: ``K`` takes countably many values, each value has a
+    probability in ``[0, 1]``, and the probabilities sum to one.
+    """
+    counts = torch.arange(num_trials + 1, dtype=DTYPE)
+    log_choose = (
+        math.lgamma(num_trials + 1) - torch.lgamma(counts + 1) - torch.lgamma(num_trials - counts + 1)
+    )
+    return (
+        log_choose
+        + counts * math.log(success_probability)
+        + (num_trials - counts) * math.log1p(-success_probability)
+    ).exp()
+
+
+def uniform_density(x: Tensor, low: float, high: float) -> Tensor:
+    """The density of ``Uniform(low, high)``: ``1 / (high - low)`` on ``[low, high]``, else 0.
+
+    On a short interval the density is *larger than one* -- ``Uniform(0, 0.5)`` has density 2
+    -- because a density is probability per unit length, not a probability.
+    """
+    inside = (x >= low) & (x <= high)
+    return torch.where(inside, 1.0 / (high - low), 0.0).to(DTYPE)
+
+
+def normal_density(x: Tensor, mean: float, std: float) -> Tensor:
+    """``N(x; mean, std^2) = exp(-(x - mean)^2 / (2 std^2)) / (std sqrt(2 pi))``, elementwise.
+
+    Its peak ``1 / (std sqrt(2 pi))`` exceeds one for ``std < 0.399``.
+    """
+    logvar = torch.tensor(2.0 * math.log(std), dtype=DTYPE)
+    return gaussian_log_density(x, torch.tensor(mean, dtype=DTYPE), logvar).exp()
+
+
+def integrate_density(density: Callable[[Tensor], Tensor], low: float, high: float,
+                      num_points: int = 100_001) -> Tensor:
+    """``integral_low^high density(x) dx`` by the trapezoidal rule on ``num_points`` points (a scalar).
+
+    Every density integrates to one over its support: ``P(X in [a, b]) = integral_a^b p(x) dx``,
+    and ``X`` lands somewhere.
+    """
+    x = torch.linspace(low, high, num_points, dtype=DTYPE)
+    return torch.trapezoid(density(x), x)
+
+
+# --------------------------------------------------------------------------------------
+# 2. Joint, marginal and conditional distributions: heights of a parent and a child
+# --------------------------------------------------------------------------------------
+
+# Heights in cm of a father and his adult son: illustrative values, with the parent-child
+# correlation of about 0.5 that Galton measured.
+HEIGHT_MEAN_CM = 176.0
+HEIGHT_STD_CM = 7.0
+HEIGHT_CORRELATION = 0.5
+
+
+def heights_distribution() -> Gaussian:
+    """The joint ``p(parent, child)``: a bivariate Gaussian, mean ``(2,)``, covariance ``(2, 2)``."""
+    variance = HEIGHT_STD_CM**2
+    covariance = torch.tensor(
+        [[variance, HEIGHT_CORRELATION * variance], [HEIGHT_CORRELATION * variance, variance]], dtype=DTYPE
+    )
+    return Gaussian(mean=torch.full((2,), HEIGHT_MEAN_CM, dtype=DTYPE), covariance=covariance)
+
+
+def gaussian_marginal(joint: Gaussian, index: int) -> tuple[float, float]:
+    """``(mean, std)`` of the marginal ``p(x_index) = integral p(x_1, x_2) dx_other`` of a 2-d Gaussian.
+
+    The sum rule done in closed form: a Gaussian's marginal keeps its own entries of the
+    mean and the covariance.
+    """
+    return joint.mean[index].item(), joint.covariance[index, index].sqrt().item()
+
+
+def gaussian_conditional(joint: Gaussian, given_first: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, std)`` of ``p(x_2 | x_1 = given_first) = p(x_1, x_2) / p(x_1)`` for a 2-d Gaussian.
+
+    ``mean = mu_2 + S_21 / S_11 (x_1 - mu_1)``, ``var = S_22 - S_21^2 / S_11``: knowing ``x_1``
+    moves the mean (by the regression slope ``S_21 / S_11``) and shrinks the variance.
+    ``given_first`` has any shape; the mean has that shape, the std is a scalar tensor.
+    """
+    mean, covariance = joint.mean, joint.covariance
+    slope = covariance[1, 0] / covariance[0, 0]
+    conditional_mean = mean[1] + slope * (torch.as_tensor(given_first, dtype=DTYPE) - mean[0])
+    conditional_variance = covariance[1, 1] - covariance[1, 0] ** 2 / covariance[0, 0]
+    return conditional_mean, conditional_variance.sqrt()
+
+
+def normal_probability_above(threshold: float, mean: Tensor | float, std: Tensor | float) -> Tensor:
+    """``P(X > threshold)`` for ``X ~ N(mean, std^2)``: one minus the normal CDF, elementwise."""
+    standardised = (threshold - torch.as_tensor(mean, dtype=DTYPE)) / torch.as_tensor(std, dtype=DTYPE)
+    return 1.0 - torch.special.ndtr(standardised)
+
+
+def probability_by_counting(event: Tensor) -> MonteCarloEstimate:
+    """``P(A)`` as the fraction of samples where the boolean ``event`` ``(N,)`` holds."""
+    return MonteCarloEstimate.from_samples(event.to(DTYPE))
+
+
+def conditional_probability_by_counting(event: Tensor, condition: Tensor) -> MonteCarloEstimate:
+    """``P(A | B)`` as the fraction of the samples where ``condition`` holds in which ``event`` holds.
+
+    Conditioning by counting: keep only the samples where ``B`` holds, then average the
+    indicator of ``A`` over them. ``event`` and ``condition`` are boolean ``(N,)``; the
+    standard error is the binomial ``sqrt(p (1 - p) / #B)``.
+    """
+    return probability_by_counting(event[condition])
+
+
+def probability_both_above(joint: Gaussian, threshold: float, num_points: int = 20_001) -> float:
+    """``P(x_1 > t, x_2 > t) = integral_t^inf p(x_1) P(x_2 > t | x_1) dx_1`` for a 2-d Gaussian.
+
+    The product rule ``p(x_1, x_2) = p(x_1) p(x_2 | x_1)``, with the integral over ``x_1``
+    done numerically (to 10 standard deviations above the mean).
+    """
+    mean_1, std_1 = gaussian_marginal(joint, 0)
+
+    def integrand(x_1: Tensor) -> Tensor:
+        """``p(x_1) P(x_2 > t | x_1)`` on a grid of ``x_1``."""
+        return normal_density(x_1, mean_1, std_1) * normal_probability_above(
+            threshold, *gaussian_conditional(joint, x_1)
+        )
+
+    return integrate_density(integrand, threshold, mean_1 + 10.0 * std_1, num_points).item()
+
+
+# --------------------------------------------------------------------------------------
+# 3. Bayes' rule
 # --------------------------------------------------------------------------------------
 
 # The colour-blindness example: hypotheses are (male, female), evidence is "colour-blind".
@@ -161,8 +309,7 @@ def posterior_by_counting(population: Population) -> MonteCarloEstimate:
     the indicator ``[male]`` over them. That average is a Monte Carlo estimate, so its
     standard error is the binomial ``sqrt(p (1 - p) / #colour-blind)``.
     """
-    men_among_colour_blind = population.is_male[population.is_colour_blind].to(DTYPE)
-    return MonteCarloEstimate.from_samples(men_among_colour_blind)
+    return conditional_probability_by_counting(population.is_male, population.is_colour_blind)
 
 
 def running_posterior_by_counting(population: Population) -> tuple[Tensor, Tensor]:
@@ -178,7 +325,93 @@ def running_posterior_by_counting(population: Population) -> tuple[Tensor, Tenso
 
 
 # --------------------------------------------------------------------------------------
-# 2. Monte Carlo expectations
+# 4. A coin whose fairness is hidden: the first latent-variable model
+# --------------------------------------------------------------------------------------
+
+# A uniform prior over the fairness: Beta(1, 1).
+COIN_PRIOR_A, COIN_PRIOR_B = 1.0, 1.0
+
+
+def log_beta_function(a: Tensor | float, b: Tensor | float) -> Tensor:
+    """``log B(a, b) = log Gamma(a) + log Gamma(b) - log Gamma(a + b)``, elementwise.
+
+    ``B(a, b) = integral_0^1 theta^(a - 1) (1 - theta)^(b - 1) d theta``, the normaliser of Beta(a, b).
+    """
+    a, b = torch.as_tensor(a, dtype=DTYPE), torch.as_tensor(b, dtype=DTYPE)
+    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+
+
+def beta_density(theta: Tensor, a: float, b: float) -> Tensor:
+    """``Beta(theta; a, b) = theta^(a - 1) (1 - theta)^(b - 1) / B(a, b)`` for ``theta`` in ``(0, 1)``."""
+    log_unnormalised = (a - 1.0) * theta.log() + (b - 1.0) * torch.log1p(-theta)
+    return (log_unnormalised - log_beta_function(a, b)).exp()
+
+
+def sample_coin_flips(fairness: float, num_flips: int, generator: torch.Generator) -> Tensor:
+    """``num_flips`` flips of a coin that lands heads with probability ``fairness``: boolean ``(N,)``."""
+    return torch.rand(num_flips, generator=generator, dtype=DTYPE) < fairness
+
+
+def coin_posterior(num_heads: int, num_tails: int, prior_a: float = COIN_PRIOR_A,
+                   prior_b: float = COIN_PRIOR_B) -> tuple[float, float]:
+    """The posterior ``p(theta | flips) = Beta(a + heads, b + tails)`` in closed form: ``(a', b')``.
+
+    Prior ``Beta(a, b)`` times likelihood ``theta^heads (1 - theta)^tails`` is again of Beta's
+    form (the Beta prior is *conjugate* to the Bernoulli likelihood), so Bayes' rule reduces to
+    counting: every head adds one to ``a``, every tail one to ``b``.
+    """
+    return prior_a + num_heads, prior_b + num_tails
+
+
+def coin_log_evidence(num_heads: int, num_tails: int, prior_a: float = COIN_PRIOR_A,
+                      prior_b: float = COIN_PRIOR_B) -> float:
+    """``log p(flips) = log integral p(flips | theta) p(theta) d theta = log B(a + h, b + t) - log B(a, b)``.
+
+    The evidence of Luo (2022) eq. 1 with the fairness as the latent ``z``, in closed form.
+    It is the probability of the *sequence* of flips (in its order), not of the number of heads.
+    """
+    posterior_a, posterior_b = coin_posterior(num_heads, num_tails, prior_a, prior_b)
+    return (log_beta_function(posterior_a, posterior_b) - log_beta_function(prior_a, prior_b)).item()
+
+
+@dataclass(frozen=True)
+class GridPosterior:
+    """Bayes' rule on a grid of fairness values: each cell is one discrete hypothesis.
+
+    ``fairness``: ``(G,)`` cell centres in ``(0, 1)``; ``density``: ``(G,)`` the posterior density
+    there (the posterior mass divided by the cell width); ``log_evidence``: ``log p(flips)``.
+    """
+
+    fairness: Tensor
+    density: Tensor
+    log_evidence: float
+
+
+def coin_posterior_on_grid(num_heads: int, num_tails: int, num_cells: int = 2000,
+                           prior_a: float = COIN_PRIOR_A, prior_b: float = COIN_PRIOR_B) -> GridPosterior:
+    """The fairness posterior by brute force: cut ``[0, 1]`` into ``num_cells`` hypotheses and apply Bayes' rule.
+
+    Prior mass ``P(cell) ~= Beta(centre; a, b) / G``, likelihood ``centre^heads (1 - centre)^tails``;
+    :func:`bayes_posterior` and :func:`bayes_evidence` do the rest, exactly as for the
+    colour-blindness example. No conjugacy needed: this works for any prior.
+    """
+    cell_width = 1.0 / num_cells
+    fairness = (torch.arange(num_cells, dtype=DTYPE) + 0.5) * cell_width
+    prior_mass = beta_density(fairness, prior_a, prior_b) * cell_width
+    prior_mass = prior_mass / prior_mass.sum()  # the midpoint rule's mass, made to sum to one exactly
+    # Rescaled by the likelihood's largest value so that many flips cannot underflow to 0.
+    log_likelihood = num_heads * fairness.log() + num_tails * torch.log1p(-fairness)
+    scale = log_likelihood.max()
+    likelihood = (log_likelihood - scale).exp()
+    return GridPosterior(
+        fairness=fairness,
+        density=bayes_posterior(prior_mass, likelihood) / cell_width,
+        log_evidence=(bayes_evidence(prior_mass, likelihood).log() + scale).item(),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# 5. Monte Carlo expectations
 # --------------------------------------------------------------------------------------
 
 Sampler = Callable[[Sequence[int], torch.Generator], Tensor]
@@ -237,46 +470,11 @@ def log_log_slope(x: Tensor, y: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------
-# 3. Gaussians and the KL divergence
+# 6. Gaussians and the KL divergence
 # --------------------------------------------------------------------------------------
 
-
-def gaussian_log_density(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
-    """Elementwise ``log N(x; mean, exp(logvar))`` = ``-1/2 [log 2pi + logvar + (x - mean)^2 / exp(logvar)]``.
-
-    All arguments broadcast together. A diagonal multivariate Gaussian's log density is
-    the sum of this over the last dimension.
-    """
-    return -0.5 * (LOG_TWO_PI + logvar + (x - mean).square() / logvar.exp())
-
-
-def sample_normal(
-    mean: Tensor, logvar: Tensor, num_samples: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """Reparameterised samples ``z = mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)``.
-
-    This is the reparameterisation trick (Luo (2022), sec. "Variational Autoencoders"; unnumbered
-    there, applied to the Gaussian q of eqs. 20-21): the randomness lives in
-    ``eps`` alone, so ``z`` is a differentiable function of ``mean`` and ``logvar``.
-    Returns shape ``(num_samples, *broadcast(mean, logvar).shape)``.
-    """
-    shape = (num_samples, *torch.broadcast_shapes(mean.shape, logvar.shape))
-    noise = torch.randn(shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return mean + (0.5 * logvar).exp() * noise
-
-
-def kl_normal(mean_q: Tensor, logvar_q: Tensor, mean_p: Tensor, logvar_p: Tensor) -> Tensor:
-    """Elementwise ``KL(N(mean_q, var_q) || N(mean_p, var_p))`` in closed form.
-
-    ``KL = 1/2 [log(var_p / var_q) + (var_q + (mean_q - mean_p)^2) / var_p - 1]``
-
-    Arguments broadcast together; sum the result over the last dimension for a diagonal
-    Gaussian. With ``mean_p = 0, logvar_p = 0`` this is the VAE's prior term in
-    Luo (2022) eq. 19.
-    """
-    return 0.5 * (
-        logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p).square()) / logvar_p.exp() - 1.0
-    )
+# gaussian_log_density, sample_normal and the closed-form kl_normal come from
+# minisd.distributions (imported above); here they are checked against sampling.
 
 
 def kl_normal_monte_carlo(
@@ -376,7 +574,7 @@ def kl_multivariate_normal(q: Gaussian, p: Gaussian) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# 4. The ELBO on a latent-variable model whose evidence is known exactly
+# 7. The ELBO on a latent-variable model whose evidence is known exactly
 # --------------------------------------------------------------------------------------
 
 
@@ -547,7 +745,7 @@ def elbo_gap(model: LinearGaussianModel, x: Tensor, q: Gaussian) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# 5. Gradients of an expectation: reparameterisation vs score function
+# 8. Gradients of an expectation: reparameterisation vs score function
 # --------------------------------------------------------------------------------------
 
 
@@ -617,23 +815,3 @@ def score_function_gradient_samples(
     score_mean, score_log_std = torch.autograd.grad(log_q.sum(), (means, log_stds))
     function_values = function(z)
     return torch.stack([function_values * score_mean, function_values * score_log_std], dim=-1)
-
-
-def importance_weighted_log_likelihood(log_weights: Callable[[int], torch.Tensor], num_samples: int,
-                                       chunk_size: int = 64) -> torch.Tensor:
-    """log (1/K) sum_k w_k, the IWAE bound of Burda et al. (2015), per example: ``(B,)``.
-
-    ``log_weights(s)`` draws ``s`` fresh importance samples and returns their log-weights
-    ``(s, B)``. Samples are drawn in chunks and combined with a running logsumexp, so K = 5000
-    needs no more memory than one chunk. (Chunks of 64 samples x 100 images keep the decoder's
-    temporaries in cache: twice as fast on a CPU as chunks of 256.)
-    """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    total = None
-    remaining = num_samples
-    while remaining > 0:
-        chunk = log_weights(min(chunk_size, remaining)).logsumexp(0)
-        total = chunk if total is None else torch.logaddexp(total, chunk)
-        remaining -= min(chunk_size, remaining)
-    return total - math.log(num_samples)

@@ -18,7 +18,8 @@ import minisd
 from minisd.errors import CheckpointError
 from minisd.models import Autoencoder
 from minisd.train import checkpoint
-from minisd.train.checkpoint import find_checkpoint, load_training_state, remove_stale_folders, save_checkpoint
+from minisd.models.files import find_checkpoint
+from minisd.train.checkpoint import load_training_state, remove_stale_folders, save_checkpoint
 from minisd.train.optim import EMA
 
 TINY = dict(image_shape=(1, 8, 8), latent_dim=2, hidden=[8])

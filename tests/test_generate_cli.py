@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minisd.pipelines import model_hash
+from minisd.models.model_folder import model_hash
 from minisd.pipelines.inputs import sha256_file
 from minisd.pipelines.png_settings import PARAMETERS_CHUNK, SETTINGS_CHUNK, read_settings
 from minisd.version import __version__

@@ -10,7 +10,7 @@ from minisd import models
 from minisd.data import binarized_once
 from minisd.models import VAE
 from minisd.models.hvae import HierarchicalVAE
-from minisd.probability import kl_normal, sample_normal
+from minisd.distributions import kl_normal, sample_normal
 from minisd.train import TrainConfig, save_checkpoint, train
 from minisd.train.loop import evaluate_loss
 

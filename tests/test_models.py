@@ -8,7 +8,7 @@ from torch import nn
 
 from minisd.figures import vae as vae_figures
 from minisd.models import VAE, Autoencoder, build_model
-from minisd.probability import sample_normal
+from minisd.distributions import sample_normal
 
 
 def linear_sizes(module: nn.Module) -> list[tuple[int, int]]:

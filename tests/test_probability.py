@@ -31,6 +31,114 @@ def assert_within_standard_errors(estimate: prob.MonteCarloEstimate, truth: torc
 
 
 # --------------------------------------------------------------------------------------
+# Random variables: mass and density
+# --------------------------------------------------------------------------------------
+
+
+def test_binomial_pmf_sums_to_one_and_matches_a_hand_computed_value() -> None:
+    pmf = prob.binomial_pmf(10, 0.3)
+    assert pmf.shape == (11,)
+    assert pmf.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert pmf[3].item() == pytest.approx(math.comb(10, 3) * 0.3**3 * 0.7**7, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("density", "low", "high", "peak"),
+    [
+        (lambda x: prob.normal_density(x, 0.0, 0.1), -1.0, 1.0, 1.0 / (0.1 * math.sqrt(2.0 * math.pi))),
+        (lambda x: prob.uniform_density(x, 0.0, 0.5), 0.0, 0.5, 2.0),
+    ],
+)
+def test_a_density_can_exceed_one_yet_integrates_to_one(density, low, high, peak) -> None:
+    x = torch.linspace(low, high, 1001, dtype=prob.DTYPE)
+    assert density(x).max().item() == pytest.approx(peak, rel=1e-9)
+    assert peak > 1.0
+    assert prob.integrate_density(density, low, high).item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_uniform_density_is_zero_outside_its_support() -> None:
+    x = torch.tensor([-0.1, 0.6], dtype=prob.DTYPE)
+    torch.testing.assert_close(prob.uniform_density(x, 0.0, 0.5), torch.zeros(2, dtype=prob.DTYPE))
+
+
+# --------------------------------------------------------------------------------------
+# Joint, marginal and conditional: heights
+# --------------------------------------------------------------------------------------
+
+
+def test_heights_marginal_and_conditional_match_the_regression_formulas() -> None:
+    joint = prob.heights_distribution()
+    assert prob.gaussian_marginal(joint, 1) == pytest.approx((176.0, 7.0))
+    mean, std = prob.gaussian_conditional(joint, torch.tensor(190.0, dtype=prob.DTYPE))
+    assert mean.item() == pytest.approx(176.0 + 0.5 * (190.0 - 176.0))  # regression slope = correlation
+    assert std.item() == pytest.approx(7.0 * math.sqrt(1.0 - 0.5**2))  # knowing the parent narrows it
+
+
+def test_counting_sampled_heights_recovers_marginal_conditional_and_joint_probabilities() -> None:
+    joint = prob.heights_distribution()
+    parent, child = joint.sample(200_000, generator(11)).unbind(-1)
+    marginal = prob.probability_by_counting(child > 185.0)
+    assert_within_standard_errors(marginal, prob.normal_probability_above(185.0, 176.0, 7.0))
+    near_190 = (parent - 190.0).abs() < 0.5
+    conditional = prob.conditional_probability_by_counting(child > 185.0, near_190)
+    assert conditional.num_samples == int(near_190.sum())
+    exact_conditional = prob.normal_probability_above(185.0, *prob.gaussian_conditional(joint, 190.0))
+    assert_within_standard_errors(conditional, exact_conditional)
+    both = prob.probability_by_counting((parent > 185.0) & (child > 185.0))
+    assert_within_standard_errors(both, prob.probability_both_above(joint, 185.0))
+
+
+def test_correlated_heights_are_dependent_and_uncorrelated_gaussians_independent() -> None:
+    correlated = prob.heights_distribution()
+    tall = prob.normal_probability_above(185.0, 176.0, 7.0).item()
+    # P(A, B) != P(A) P(B): a tall parent makes a tall child about three times likelier.
+    assert prob.probability_both_above(correlated, 185.0) > 3.0 * tall**2
+    independent = prob.Gaussian(correlated.mean, torch.diag(correlated.covariance.diagonal()))
+    assert prob.probability_both_above(independent, 185.0) == pytest.approx(tall**2, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# A coin with a hidden fairness
+# --------------------------------------------------------------------------------------
+
+
+def test_coin_posterior_adds_heads_and_tails_to_the_prior_counts() -> None:
+    assert prob.coin_posterior(7, 3) == (8.0, 4.0)
+    assert prob.coin_posterior(7, 3, prior_a=2.0, prior_b=5.0) == (9.0, 8.0)
+
+
+def test_beta_density_integrates_to_one() -> None:
+    integral = prob.integrate_density(lambda theta: prob.beta_density(theta, 3.0, 5.0), 0.0, 1.0)
+    assert integral.item() == pytest.approx(1.0, abs=1e-8)
+
+
+def test_coin_evidence_of_short_sequences_matches_hand_computation() -> None:
+    # Uniform prior: p(H) = integral theta = 1/2, p(HH) = integral theta^2 = 1/3, p(HT) = 1/6.
+    assert math.exp(prob.coin_log_evidence(1, 0)) == pytest.approx(1 / 2, rel=1e-12)
+    assert math.exp(prob.coin_log_evidence(2, 0)) == pytest.approx(1 / 3, rel=1e-12)
+    assert math.exp(prob.coin_log_evidence(1, 1)) == pytest.approx(1 / 6, rel=1e-12)
+
+
+@pytest.mark.parametrize(("heads", "tails", "prior_a", "prior_b"), [(7, 3, 1.0, 1.0), (69, 31, 1.0, 1.0),
+                                                                    (4, 12, 2.0, 5.0), (0, 0, 2.0, 5.0)])
+def test_grid_bayes_rule_matches_the_conjugate_beta_posterior_and_evidence(heads, tails, prior_a, prior_b) -> None:
+    grid = prob.coin_posterior_on_grid(heads, tails, prior_a=prior_a, prior_b=prior_b)
+    closed_form = prob.beta_density(grid.fairness, *prob.coin_posterior(heads, tails, prior_a, prior_b))
+    torch.testing.assert_close(grid.density, closed_form, rtol=1e-4, atol=1e-4)
+    assert grid.log_evidence == pytest.approx(prob.coin_log_evidence(heads, tails, prior_a, prior_b), abs=1e-4)
+
+
+def test_coin_posterior_concentrates_on_the_true_fairness() -> None:
+    flips = prob.sample_coin_flips(0.7, 2000, generator(12))
+    heads = int(flips.sum())
+    posterior_a, posterior_b = prob.coin_posterior(heads, len(flips) - heads)
+    mean = posterior_a / (posterior_a + posterior_b)
+    std = math.sqrt(mean * (1 - mean) / (posterior_a + posterior_b + 1))  # the Beta's standard deviation
+    assert std < 0.011
+    assert abs(mean - 0.7) < 4 * std
+
+
+# --------------------------------------------------------------------------------------
 # 1. Bayes' rule
 # --------------------------------------------------------------------------------------
 
@@ -359,11 +467,26 @@ def test_chapter_numbers_agree_with_the_claims_in_the_text(numbers) -> None:
     assert numbers["elbo_gap_at_mean_field_optimum"] > 0.01
     assert numbers["gradient_variance_ratio_d_mean"] > 5.0
     assert numbers["gradient_variance_ratio_d_log_std"] > 5.0
+    assert numbers["narrow_normal_peak_density"] > 1.0
+    assert numbers["narrow_normal_integral"] == pytest.approx(1.0, abs=1e-9)
+    assert numbers["uniform_density_height"] == 2.0
+    assert numbers["uniform_density_integral"] == pytest.approx(1.0, abs=1e-9)
+    for name in ("marginal", "conditional", "both_tall"):
+        counting_error = abs(numbers[f"heights_{name}_counted"] - numbers[f"heights_{name}_exact"])
+        assert counting_error < STANDARD_ERRORS * numbers[f"heights_{name}_counted_standard_error"]
+    assert numbers["heights_both_tall_exact"] > 3.0 * numbers["heights_both_tall_if_independent"]
+    assert numbers["coin_grid_posterior_mean"] == pytest.approx(numbers["coin_posterior_mean"], abs=1e-9)
+    assert numbers["coin_grid_density_max_abs_error"] < 1e-6
+    assert numbers["coin_log_evidence_max_abs_error"] < 1e-5
+    assert numbers["coin_log_evidence"] > numbers["coin_log_likelihood_if_fair"]
 
 
-def test_make_probability_figures_writes_five_pngs(tmp_path: Path) -> None:
+def test_make_probability_figures_writes_eight_pngs(tmp_path: Path) -> None:
     paths = make_probability_figures(tmp_path, seed=0)
-    assert set(paths) == {"bayes", "monte_carlo_error", "kl_gaussians", "elbo_gap", "gradient_estimators"}
+    assert set(paths) == {
+        "mass_and_density", "heights", "bayes", "coin", "monte_carlo_error", "kl_gaussians", "elbo_gap",
+        "gradient_estimators",
+    }
     for name, path in paths.items():
         assert path == tmp_path / f"{name}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,7 +20,8 @@ from minisd.data.shapes import make_shapes
 from minisd.diffusion.samplers import SAMPLERS
 from minisd.errors import CheckpointError, ConfigError
 from minisd.models.diffusion import DiffusionModel
-from minisd.pipelines import TextToImagePipeline, model_hash
+from minisd.models.model_folder import model_hash
+from minisd.pipelines import TextToImagePipeline
 from t2i_fixtures import text_to_image_run  # noqa: F401  (a fixture)
 
 PROMPT = "a red circle"
@@ -152,6 +153,18 @@ def test_the_same_seed_gives_identical_images_and_another_seed_different_ones(pi
     first, again, other = generate(pipe), generate(pipe), generate(pipe, generator=seeded(1))
     assert torch.equal(first, again)
     assert not torch.allclose(first, other, atol=1e-3)
+
+
+def test_without_a_generator_the_global_rng_is_untouched_and_the_recorded_seed_makes_the_images_again(pipe):
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    output = pipe(PROMPT, num_inference_steps=STEPS, output_type="pt")
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's own random stream goes on as it would have
+    seed = output.settings["seed"]
+    assert isinstance(seed, int) and 0 <= seed < 2**63
+    assert torch.equal(generate(pipe, generator=seeded(seed)), output.images)
+    # With the caller's generator the caller knows its seed: none is drawn.
+    assert pipe(PROMPT, num_inference_steps=1, generator=seeded(), output_type="pt").settings["seed"] is None
 
 
 def test_a_list_of_prompts_gives_each_prompts_images_together_in_prompt_order(pipe):

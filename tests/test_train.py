@@ -14,7 +14,7 @@ import minisd
 from minisd.errors import MinisdError
 from minisd.models import VAE, Autoencoder
 from minisd.train import TrainConfig, TrainingDiverged, train
-from minisd.train.checkpoint import find_checkpoint
+from minisd.models.files import find_checkpoint
 from minisd.train.config import list_presets, load_run_config
 from minisd.train.optim import learning_rate
 

@@ -178,7 +178,7 @@ def test_strength_0_is_refused_saying_why():
 
 @pytest.mark.parametrize("value", [1.0001, 2, -0.5, float("nan"), float("inf"), "x", True, None])
 def test_strength_outside_0_to_1_is_refused(value):
-    refused(LIMITS.strength, value, "the strength must be a number from 0 to 1")
+    refused(LIMITS.strength, value, "the strength must be a number above 0 and at most 1")
 
 
 def test_a_latent_coordinate_lies_on_the_map():

@@ -99,3 +99,29 @@ def test_an_open_host_is_warned_about(tmp_path):
     with ServerProcess(["--host", "0.0.0.0", "--outputs", str(tmp_path)]) as server:
         log = "".join(server.log)
     assert "WARNING: listening on 0.0.0.0" in log
+
+
+def test_each_refused_request_is_one_line_of_the_server_log_without_a_traceback(server):
+    """Refusals by Gradio's widgets (a slider's range, a dropdown's choices, a file that is no image, too few
+    values) and by the page's own checks (an empty prompt) each log one line, and no traceback."""
+    import time
+
+    from minisd.web.client import call, file_data, generate_inputs, upload
+
+    _, paths = upload(server.url, b"this is not an image", "text.png")
+    bad = [generate_inputs("   "), generate_inputs("a handwritten digit 7", steps=10**6),
+           generate_inputs("a handwritten digit 7", model="../../etc/passwd"),
+           generate_inputs("a handwritten digit 7")[:5],
+           generate_inputs("a handwritten digit 7", editor={"background": file_data(paths[0]), "layers": [],
+                                                            "composite": None})]
+    start = len(server.log)
+    for inputs in bad:
+        assert call(server.url, "generate", inputs).status == "error"
+    deadline = time.monotonic() + 10  # the log is read by another thread
+    while time.monotonic() < deadline and sum("refused" in line for line in server.log[start:]) < len(bad):
+        time.sleep(0.1)
+    log = server.log[start:]
+    assert "Traceback" not in "".join(log), "".join(log)
+    refusals = [line for line in log if line.startswith("minisd serve: refused: ")]
+    assert len(refusals) == len(bad) and len(log) == len(bad), "".join(log)
+    assert "the prompt is empty" in refusals[0] and "maximum value 100" in refusals[1]

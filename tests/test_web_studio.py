@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 from minisd.cli import main
 from minisd.errors import MinisdError, SamplingError
 from minisd.generate import SHIPPED_MODELS
-from minisd.pipelines import TextToImagePipeline, model_hash
+from minisd.models.model_folder import model_hash
+from minisd.pipelines import TextToImagePipeline
 from minisd.pipelines.inputs import load_image, sha256_file
 from minisd.pipelines.png_settings import read_settings
 from minisd.version import __version__

@@ -21,7 +21,7 @@ import torch
 
 from minisd.diffusion.denoiser import expand_like
 from minisd.diffusion.losses import diffusion_term
-from minisd.probability import kl_normal
+from minisd.distributions import kl_normal
 
 PIXEL_LEVELS = 256
 

@@ -355,16 +355,42 @@ NFE_PER_STEP: dict[str, int] = {"ddpm": 1, "ddim": 1, "euler": 1, "heun": 2, "dp
 SCORE_SAMPLER_ARGS = ("predictor", "corrector_steps", "snr", "steps_per_level", "step_size")
 
 
+# The most steps a sampling may take: DDPM trained on 1000 discrete times, and no sampler here gains from more; a
+# larger count is a typo that would run for hours.
+MAX_STEPS = 1000
+
+
+def check_steps(steps: Any) -> int:
+    """The number of sampling steps: a whole number from 1 to :data:`MAX_STEPS` (the one place this is checked)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"the number of steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
+    return steps
+
+
+def check_strength(strength: Any) -> float:
+    """Image-to-image's strength, the share of the grid run from the noised init image: in (0, 1] (the one place
+    this is checked)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ConfigError(f"the strength must be a number above 0 and at most 1 (0 would keep the init image "
+                          f"unchanged; 1 redraws all), got {strength!r}")
+    return float(strength)
+
+
 def _check_sampler(sampler: str) -> None:
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
 
 
-def check_sampler_args(sampler: str, **sampler_args: Any) -> None:
+def check_sampler_args(sampler: str, *, steps: Any = None, strength: Any = None, **sampler_args: Any) -> None:
     """Refuse an unknown sampler, an argument it does not take (``eta`` for ddpm, say) or one out of its range
-    (eta; snr, corrector_steps, predictor, steps_per_level, step_size; method, rtol, atol), before any work. (The samplers check their
-    arguments too, for callers that use them directly.)"""
+    (eta; snr, corrector_steps, predictor, steps_per_level, step_size; method, rtol, atol), and, when given, a bad
+    number of ``steps`` (:func:`check_steps`) or ``strength`` (:func:`check_strength`), before any work. (The samplers
+    check their own arguments too, for callers that use them directly.)"""
     _check_sampler(sampler)
+    if steps is not None:
+        check_steps(steps)
+    if strength is not None:
+        check_strength(strength)
     accepted = set(inspect.signature(SAMPLERS[sampler]).parameters) - {"denoiser", "x", "ts", "cond", "generator",
                                                                       "callback"}
     unknown = set(sampler_args) - accepted
@@ -463,9 +489,7 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_
     A step whose result is not finite stops sampling with :class:`~minisd.errors.SamplingError`, so a NaN is
     never returned as an image.
     """
-    check_sampler_args(sampler, **sampler_args)
-    if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-        raise ConfigError(f"strength must lie in (0, 1], got {strength!r}")
+    check_sampler_args(sampler, steps=steps, strength=strength, **sampler_args)
     ts = time_steps(denoiser.schedule, steps, spacing, t_max=start_time(denoiser.schedule) if t_max is None else t_max,
                     t_min=t_min)
     kept_steps = steps if x_start is None else max(1, math.ceil(strength * steps - 1e-9))

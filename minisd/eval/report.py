@@ -188,11 +188,11 @@ def report_fid(model, *, dataset: str, classifier_path: str | os.PathLike, num_s
     """FID on our classifier's features between ``num_samples`` model samples and as many test images, and the
     samples' class balance. ``sampler_args``: the sampler options asked for (sampler, steps, spacing, and the
     sampler's own: eta, snr, method, ...)."""
-    import minisd
+    from minisd.pipelines import load
     from minisd.data import load_dataset
     from minisd.eval import class_balance, fid
 
-    classifier = minisd.load(classifier_path, device=model.device)
+    classifier = load(classifier_path, device=model.device)
     test_set = load_dataset(dataset, "test", data_dir=data_dir)
     samples, results = _draw_samples_counted(model, num_samples, sampler_args=sampler_args, seed=seed,
                                              progress=progress)
@@ -217,7 +217,7 @@ def check_eval_request(config: dict[str, Any], *, checkpoint: str | os.PathLike,
     from minisd.models.base import LatentVariableModel
     from minisd.models.diffusion import DiffusionModel
     from minisd.outputs import check_writable
-    from minisd.train.checkpoint import read_checkpoint_config
+    from minisd.models.files import read_checkpoint_config
 
     if not fid_classifier and sampler_options:
         raise MinisdError(f"{', '.join(sampler_options)}: the sampler options choose how the FID samples are drawn: "
@@ -407,20 +407,20 @@ def write_results(results: dict[str, Any], path: str | os.PathLike | None) -> No
 def text_to_image_folder(path: str | os.PathLike) -> Path | None:
     """The model folder of a text-to-image model at ``path`` (the folder itself, or the run that trained it);
     None for anything else."""
-    from minisd.pipelines import TEXT_TO_IMAGE_RUN_MODEL
-    from minisd.pipelines.model_folder import is_model_folder
+    from minisd.pipelines import resolve_model
 
-    for folder in (Path(path), Path(path) / TEXT_TO_IMAGE_RUN_MODEL):
-        if is_model_folder(folder):
-            return folder
-    return None
+    try:
+        location = resolve_model(path)
+    except MinisdError:
+        return None
+    return location.folder if location.is_text_to_image_folder else None
 
 
 def text_to_image_dataset(folder: str | os.PathLike) -> str:
     """The dataset a text-to-image model folder was trained on: its index's ``data.dataset``, or for a folder
     written before the index kept it, the ``data.dataset`` of the ``unet`` run beside it."""
-    from minisd.pipelines.model_folder import read_model_index
-    from minisd.train.checkpoint import read_checkpoint_config
+    from minisd.models.model_folder import read_model_index
+    from minisd.models.files import read_checkpoint_config
 
     folder = Path(folder)
     dataset = read_model_index(folder).get("data", {}).get("dataset")
@@ -442,9 +442,8 @@ def check_adherence_request(folder: str | os.PathLike, *, classifier: str | None
     the model's), ``steps`` and ``sampler_args`` (eta): how the samples will be drawn."""
     from minisd.diffusion.samplers import check_sampler_args
     from minisd.outputs import check_writable
-    from minisd.pipelines.model_folder import read_model_index
-    from minisd.pipelines.text_to_image import MAX_STEPS
-    from minisd.train.checkpoint import read_checkpoint_config
+    from minisd.models.model_folder import read_model_index
+    from minisd.models.files import read_checkpoint_config
 
     if unsupported_options:
         raise MinisdError(f"{', '.join(unsupported_options)}: not for a text-to-image model, whose evaluation is "
@@ -462,9 +461,7 @@ def check_adherence_request(folder: str | os.PathLike, *, classifier: str | None
     if found != (model_type, dataset):
         raise MinisdError(f"--classifier {classifier} is a {found[0]} trained on {found[1]}; a {dataset} model's "
                           f"samples are read by a {model_type} trained on {dataset} (minisd train --config {preset})")
-    check_sampler_args(sampler or read_model_index(folder)["model"].get("sampler"), **sampler_args)
-    if steps is not None and steps > MAX_STEPS:
-        raise MinisdError(f"--steps {steps}: a text-to-image model samples in at most {MAX_STEPS} steps")
+    check_sampler_args(sampler or read_model_index(folder)["model"].get("sampler"), steps=steps, **sampler_args)
     if json_path:
         check_writable(json_path, overwrite, what="JSON file")
     return dataset
@@ -479,11 +476,11 @@ def evaluate_text_to_image(pipe, dataset: str, classifier_path: str | os.PathLik
     "shapes": :func:`evaluate_shapes`), read by the classifier run at ``classifier_path``, with the FID of the
     samples against the test split. ``samples_per_prompt`` and ``steps`` default to the evaluation's own
     (200 per digit prompt, 5 per shapes prompt) and the model's."""
-    import minisd
+    from minisd.pipelines import load
     from minisd.eval.adherence import evaluate_digits, evaluate_shapes
 
     start = time.perf_counter()
-    classifier = minisd.load(classifier_path, device=pipe.device)
+    classifier = load(classifier_path, device=pipe.device)
     options = {"steps": steps or pipe.model.sample_steps, "guidance_scale": guidance_scale, "sampler": sampler,
                "seed": seed, "batch_size": batch_size, "progress": progress, **sampler_args}
     if samples_per_prompt is not None:
@@ -494,7 +491,7 @@ def evaluate_text_to_image(pipe, dataset: str, classifier_path: str | os.PathLik
         test_images = load_dataset("mnist", "test", data_dir=data_dir).images
         results = evaluate_digits(pipe, classifier, test_images=test_images, **options)
     elif dataset == "shapes":
-        from minisd.data.captioned import load_captioned
+        from minisd.data import load_captioned
 
         results = evaluate_shapes(pipe, classifier, test_images=load_captioned("shapes", "test").images, **options)
     else:

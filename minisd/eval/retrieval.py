@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -70,3 +71,27 @@ def retrieval_accuracy(caption_embeddings: torch.Tensor, image_embeddings: torch
         for name, value in _pool_hits(captions[part] @ images[part].T, same_content, k).items():
             totals[name] = totals.get(name, 0.0) + value / groups
     return {**totals, "groups": groups}
+
+
+@torch.no_grad()
+def text_encoder_retrieval(text_encoder: Any, images: torch.Tensor, captions: list[str], *,
+                           k: Sequence[int] = (1, 5), pool: int = 100) -> dict[str, float]:
+    """Caption-to-image retrieval of a CLIP-style ``text_encoder`` (:class:`minisd.models.ContrastiveTextImage`)
+    among groups of ``pool`` images.
+
+    ``images: (N, C, H, W)`` in [0, 1], ``captions``: N strings, pair i is ``(images[i], captions[i])``.
+    Returns ``top1``, ``top5`` (exact pair), ``top1_class``, ``top5_class`` (any image whose caption
+    has the same tokens) and the chance level of each, averaged over the ``N // pool`` groups.
+    """
+    if len(images) != len(captions):
+        raise ConfigError(f"retrieval needs one caption per image, got {len(images)} images and "
+                          f"{len(captions)} captions")
+    caption_parts, image_parts, id_parts = [], [], []
+    for start in range(0, len(images), pool):
+        group = list(captions[start:start + pool])
+        caption_parts.append(text_encoder.text_embedding(group))
+        image_parts.append(text_encoder.image_embedding(images[start:start + pool].to(text_encoder.device)))
+        id_parts.append(text_encoder.tokenizer(group)[0])
+    # Captions with the same tokens say the same thing: number them by their distinct id rows.
+    content = torch.unique(torch.cat(id_parts), dim=0, return_inverse=True)[1]
+    return retrieval_accuracy(torch.cat(caption_parts), torch.cat(image_parts), content, k=k, pool=pool)

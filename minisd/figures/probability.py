@@ -1,7 +1,7 @@
 """Figures and numbers for chapter 1 (``docs/01-probability.md``).
 
 ``probability_numbers(seed)`` computes every number the chapter quotes and
-``make_probability_figures(out_dir, seed)`` draws its five figures. Both run the same
+``make_probability_figures(out_dir, seed)`` draws its eight figures. Both run the same
 experiment functions below, with the same sizes and seeds, so the text, the figures and
 what a reader reproduces always agree.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +25,20 @@ from minisd import probability as prob
 from minisd.outputs import check_writable, make_parent
 
 # Experiment sizes: large enough for clean pictures, small enough for a 2-core CPU.
+# Section 1.1: a mass function and two densities, one of them taller than 1.
+BINOMIAL_TRIALS, BINOMIAL_PROBABILITY = 10, 0.3
+NARROW_NORMAL_STD = 0.1
+UNIFORM_LOW, UNIFORM_HIGH = 0.0, 0.5
+
+# Section 1.2: heights of 200,000 simulated father-son pairs.
+NUM_HEIGHT_PAIRS = 200_000
+TALL_CM = 185.0  # the event "taller than 185 cm"
+GIVEN_PARENT_CM, PARENT_WINDOW_CM = 190.0, 1.0  # condition on a parent within 1 cm of 190 cm
+
+# Section 1.4: a coin of fairness 0.7, flipped 100 times, with a uniform prior on the fairness.
+COIN_FAIRNESS, COIN_NUM_FLIPS = 0.7, 100
+COIN_SHOWN_FLIPS = (0, 1, 5, 20, 100)
+
 NUM_PEOPLE = 200_000
 
 MONTE_CARLO_SAMPLE_SIZES = tuple(2**k for k in range(2, 13))  # 4 .. 4096
@@ -59,8 +74,99 @@ def _nearest_index(grid: Sequence[float], value: float) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# The five experiments (shared by the numbers and the figures)
+# The eight experiments (shared by the numbers and the figures)
 # --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DensityResult:
+    """A mass function (sums to 1) and two densities that exceed 1 yet integrate to 1."""
+
+    binomial: Tensor  # (n + 1,) P(K = k)
+    normal_peak: float  # N(0; 0, 0.1^2)
+    normal_integral: float
+    uniform_height: float  # the density of Uniform(0, 0.5)
+    uniform_integral: float
+
+
+def density_experiment() -> DensityResult:
+    """Sum a binomial pmf; integrate N(0, 0.1^2) over +-10 std and Uniform(0, 0.5) over its support."""
+    normal = partial(prob.normal_density, mean=0.0, std=NARROW_NORMAL_STD)
+    uniform = partial(prob.uniform_density, low=UNIFORM_LOW, high=UNIFORM_HIGH)
+    return DensityResult(
+        binomial=prob.binomial_pmf(BINOMIAL_TRIALS, BINOMIAL_PROBABILITY),
+        normal_peak=normal(torch.zeros((), dtype=prob.DTYPE)).item(),
+        normal_integral=prob.integrate_density(normal, -10 * NARROW_NORMAL_STD, 10 * NARROW_NORMAL_STD).item(),
+        uniform_height=uniform(torch.tensor(0.25, dtype=prob.DTYPE)).item(),
+        uniform_integral=prob.integrate_density(uniform, UNIFORM_LOW, UNIFORM_HIGH).item(),
+    )
+
+
+@dataclass(frozen=True)
+class HeightsResult:
+    """Sampled (parent, child) heights; marginal, conditional and joint probabilities, counted and exact."""
+
+    joint: prob.Gaussian
+    heights: Tensor  # (N, 2) parent, child in cm
+    marginal_counted: prob.MonteCarloEstimate  # P(child > 185)
+    marginal_exact: float
+    conditional_counted: prob.MonteCarloEstimate  # P(child > 185 | parent ~= 190)
+    conditional_exact: float
+    both_counted: prob.MonteCarloEstimate  # P(parent > 185, child > 185)
+    both_exact: float
+    both_if_independent: float  # P(parent > 185) P(child > 185)
+
+
+def heights_experiment(seed: int) -> HeightsResult:
+    """``NUM_HEIGHT_PAIRS`` father-son pairs: count a marginal, a conditional and a joint probability."""
+    joint = prob.heights_distribution()
+    heights = joint.sample(NUM_HEIGHT_PAIRS, _generator(seed, 9))
+    parent, child = heights[:, 0], heights[:, 1]
+    near_given = (parent - GIVEN_PARENT_CM).abs() < PARENT_WINDOW_CM
+    marginal_exact = prob.normal_probability_above(TALL_CM, *prob.gaussian_marginal(joint, 1)).item()
+    parent_tall_exact = prob.normal_probability_above(TALL_CM, *prob.gaussian_marginal(joint, 0)).item()
+    conditional = prob.gaussian_conditional(joint, torch.tensor(GIVEN_PARENT_CM, dtype=prob.DTYPE))
+    return HeightsResult(
+        joint=joint,
+        heights=heights,
+        marginal_counted=prob.probability_by_counting(child > TALL_CM),
+        marginal_exact=marginal_exact,
+        conditional_counted=prob.conditional_probability_by_counting(child > TALL_CM, near_given),
+        conditional_exact=prob.normal_probability_above(TALL_CM, *conditional).item(),
+        both_counted=prob.probability_by_counting((parent > TALL_CM) & (child > TALL_CM)),
+        both_exact=prob.probability_both_above(joint, TALL_CM),
+        both_if_independent=parent_tall_exact * marginal_exact,
+    )
+
+
+@dataclass(frozen=True)
+class CoinResult:
+    """Flips of a coin of hidden fairness; posteriors and evidence in closed form and on a grid."""
+
+    flips: Tensor  # (COIN_NUM_FLIPS,) bool, True = heads
+    closed_form_log_evidence: Tensor  # (COIN_NUM_FLIPS + 1,) log p(first n flips), n = 0 .. N
+    grid_log_evidence: Tensor  # (COIN_NUM_FLIPS + 1,)
+    grid_posteriors: dict[int, prob.GridPosterior]  # after n flips, for n in COIN_SHOWN_FLIPS
+
+
+def _heads_and_tails(flips: Tensor) -> tuple[int, int]:
+    """``(number of heads, number of tails)`` among boolean ``flips``."""
+    heads = int(flips.sum())
+    return heads, len(flips) - heads
+
+
+def coin_experiment(seed: int) -> CoinResult:
+    """Flip a coin of fairness ``COIN_FAIRNESS`` ``COIN_NUM_FLIPS`` times; infer the fairness after each flip."""
+    flips = prob.sample_coin_flips(COIN_FAIRNESS, COIN_NUM_FLIPS, _generator(seed, 10))
+    counts = [_heads_and_tails(flips[:n]) for n in range(COIN_NUM_FLIPS + 1)]
+    return CoinResult(
+        flips=flips,
+        closed_form_log_evidence=torch.tensor([prob.coin_log_evidence(*c) for c in counts], dtype=prob.DTYPE),
+        grid_log_evidence=torch.tensor(
+            [prob.coin_posterior_on_grid(*c).log_evidence for c in counts], dtype=prob.DTYPE
+        ),
+        grid_posteriors={n: prob.coin_posterior_on_grid(*counts[n]) for n in COIN_SHOWN_FLIPS},
+    )
 
 
 @dataclass(frozen=True)
@@ -245,8 +351,61 @@ def gradient_rms_errors(
 # --------------------------------------------------------------------------------------
 
 
-def _bayes_numbers(result: BayesResult) -> dict[str, float | int]:
+def _density_numbers(result: DensityResult) -> dict[str, float]:
     """Section 1.1's numbers."""
+    return {
+        "binomial_pmf_sum": result.binomial.sum().item(),
+        "binomial_pmf_max": result.binomial.max().item(),
+        "narrow_normal_peak_density": result.normal_peak,
+        "narrow_normal_integral": result.normal_integral,
+        "uniform_density_height": result.uniform_height,
+        "uniform_density_integral": result.uniform_integral,
+    }
+
+
+def _heights_numbers(result: HeightsResult) -> dict[str, float | int]:
+    """Section 1.2's numbers."""
+    return {
+        "heights_num_pairs": NUM_HEIGHT_PAIRS,
+        "heights_marginal_exact": result.marginal_exact,
+        "heights_marginal_counted": result.marginal_counted.value.item(),
+        "heights_marginal_counted_standard_error": result.marginal_counted.standard_error.item(),
+        "heights_num_near_given_parent": result.conditional_counted.num_samples,
+        "heights_conditional_exact": result.conditional_exact,
+        "heights_conditional_counted": result.conditional_counted.value.item(),
+        "heights_conditional_counted_standard_error": result.conditional_counted.standard_error.item(),
+        "heights_both_tall_exact": result.both_exact,
+        "heights_both_tall_counted": result.both_counted.value.item(),
+        "heights_both_tall_counted_standard_error": result.both_counted.standard_error.item(),
+        "heights_both_tall_if_independent": result.both_if_independent,
+    }
+
+
+def _coin_numbers(result: CoinResult) -> dict[str, float | int]:
+    """Section 1.4's numbers, after all ``COIN_NUM_FLIPS`` flips."""
+    heads, tails = _heads_and_tails(result.flips)
+    posterior_a, posterior_b = prob.coin_posterior(heads, tails)
+    grid = result.grid_posteriors[COIN_NUM_FLIPS]
+    cell_width = 1.0 / len(grid.fairness)
+    closed_form_density = prob.beta_density(grid.fairness, posterior_a, posterior_b)
+    return {
+        "coin_num_flips": COIN_NUM_FLIPS,
+        "coin_num_heads": heads,
+        "coin_posterior_a": posterior_a,
+        "coin_posterior_b": posterior_b,
+        "coin_posterior_mean": posterior_a / (posterior_a + posterior_b),
+        "coin_grid_posterior_mean": (grid.fairness * grid.density).sum().item() * cell_width,
+        "coin_grid_density_max_abs_error": (grid.density - closed_form_density).abs().max().item(),
+        "coin_log_evidence": result.closed_form_log_evidence[-1].item(),
+        "coin_grid_log_evidence": result.grid_log_evidence[-1].item(),
+        "coin_log_evidence_max_abs_error": (result.grid_log_evidence - result.closed_form_log_evidence)
+        .abs().max().item(),
+        "coin_log_likelihood_if_fair": COIN_NUM_FLIPS * math.log(0.5),
+    }
+
+
+def _bayes_numbers(result: BayesResult) -> dict[str, float | int]:
+    """Section 1.3's numbers."""
     return {
         "bayes_posterior_male_given_colour_blind": result.exact_posterior[0].item(),
         "bayes_num_people": NUM_PEOPLE,
@@ -257,7 +416,7 @@ def _bayes_numbers(result: BayesResult) -> dict[str, float | int]:
 
 
 def _monte_carlo_numbers(result: MonteCarloResult) -> dict[str, float]:
-    """Section 1.2's numbers."""
+    """Section 1.5's numbers."""
     numbers = {"monte_carlo_log_log_slope": result.slope}
     for num_samples in (16, 4096):
         index = MONTE_CARLO_SAMPLE_SIZES.index(num_samples)
@@ -267,7 +426,7 @@ def _monte_carlo_numbers(result: MonteCarloResult) -> dict[str, float]:
 
 
 def _kl_numbers(result: KlResult) -> dict[str, float]:
-    """Section 1.3's numbers, at a mean shift of ``KL_REPORTED_SHIFT``."""
+    """Section 1.6's numbers, at a mean shift of ``KL_REPORTED_SHIFT``."""
     index = _nearest_index(KL_MEAN_SHIFTS, KL_REPORTED_SHIFT)
     numbers = {}
     for direction, closed, monte_carlo in (
@@ -281,7 +440,7 @@ def _kl_numbers(result: KlResult) -> dict[str, float]:
 
 
 def _elbo_numbers(result: ElboResult, seed: int) -> dict[str, float]:
-    """Section 1.4's numbers; ``seed`` drives the one Monte Carlo ELBO."""
+    """Section 1.7's numbers; ``seed`` drives the one Monte Carlo ELBO."""
     at_posterior = _nearest_index(ELBO_SHIFTS, 0.0)
     shifted = _nearest_index(ELBO_SHIFTS, ELBO_REPORTED_SHIFT)
     full_covariance_qs = shifted_gaussians(result.posterior, result.shifts, result.posterior)
@@ -307,7 +466,7 @@ def _elbo_numbers(result: ElboResult, seed: int) -> dict[str, float]:
 
 
 def _gradient_numbers(result: GradientResult) -> dict[str, float | int]:
-    """Section 1.5's numbers: per-estimator means and per-sample variances."""
+    """Section 1.8's numbers: per-estimator means and per-sample variances."""
     numbers: dict[str, float | int] = {"gradient_num_samples": GRADIENT_NUM_SAMPLES}
     variances = {}
     for estimator, samples in (
@@ -328,7 +487,10 @@ def _gradient_numbers(result: GradientResult) -> dict[str, float | int]:
 def probability_numbers(seed: int = 0) -> dict[str, float | int]:
     """Every number quoted in ``docs/01-probability.md``, computed from scratch (about a second)."""
     return {
+        **_density_numbers(density_experiment()),
+        **_heights_numbers(heights_experiment(seed)),
         **_bayes_numbers(bayes_experiment(seed)),
+        **_coin_numbers(coin_experiment(seed)),
         **_monte_carlo_numbers(monte_carlo_experiment(seed)),
         **_kl_numbers(kl_experiment(seed)),
         **_elbo_numbers(elbo_experiment(seed), seed),
@@ -347,6 +509,127 @@ def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(make_parent(path), dpi=FIGURE_DPI)
     return path
+
+
+def plot_mass_and_density(result: DensityResult, path: Path) -> Path:
+    """A pmf whose bars sum to 1, and two densities taller than 1 whose areas are 1."""
+    figure = Figure(figsize=(13, 4.0))
+    mass, normal, uniform = figure.subplots(1, 3)
+
+    mass.bar(range(BINOMIAL_TRIALS + 1), result.binomial.tolist(), color="tab:gray")
+    mass.set_xlabel("k heads")
+    mass.set_ylabel("P(K = k)")
+    mass.set_ylim(0, 1.05)
+    mass.set_title(
+        f"mass: Binomial({BINOMIAL_TRIALS}, {BINOMIAL_PROBABILITY})\n"
+        f"every bar ≤ 1, the bars sum to {result.binomial.sum().item():.3f}"
+    )
+
+    x = torch.linspace(-0.5, 0.5, 1001, dtype=prob.DTYPE)
+    density = prob.normal_density(x, 0.0, NARROW_NORMAL_STD)
+    normal.plot(x, density, color="tab:blue")
+    normal.fill_between(x, density, color="tab:blue", alpha=0.2)
+    normal.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+    normal.set_xlabel("x")
+    normal.set_ylabel("p(x)")
+    normal.set_title(
+        f"density: N(0, {NARROW_NORMAL_STD}²), peak {result.normal_peak:.2f}\n"
+        f"area {result.normal_integral:.6f}"
+    )
+
+    x = torch.linspace(-0.25, 0.75, 1001, dtype=prob.DTYPE)
+    density = prob.uniform_density(x, UNIFORM_LOW, UNIFORM_HIGH)
+    uniform.plot(x, density, color="tab:green")
+    uniform.fill_between(x, density, color="tab:green", alpha=0.2)
+    uniform.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+    uniform.set_xlabel("x")
+    uniform.set_ylabel("p(x)")
+    uniform.set_ylim(0, 2.4)
+    uniform.set_title(
+        f"density: Uniform({UNIFORM_LOW:g}, {UNIFORM_HIGH:g}), height {result.uniform_height:g}\n"
+        f"area {result.uniform_integral:.6f}"
+    )
+    return _save(figure, path)
+
+
+def plot_heights(result: HeightsResult, path: Path, num_shown: int = 5000) -> Path:
+    """Left: samples of the joint, the conditioning slice marked. Right: marginal vs conditional of the child."""
+    figure = Figure(figsize=(12, 4.8))
+    scatter, histograms = figure.subplots(1, 2)
+    parent, child = result.heights[:, 0], result.heights[:, 1]
+    near_given = (parent - GIVEN_PARENT_CM).abs() < PARENT_WINDOW_CM
+
+    shown = slice(0, num_shown)
+    scatter.scatter(parent[shown], child[shown], s=2, color="tab:gray", alpha=0.5,
+                    label=f"{num_shown:,} of {NUM_HEIGHT_PAIRS:,} sampled pairs")
+    scatter.scatter(parent[near_given][:num_shown], child[near_given][:num_shown], s=2, color="tab:red",
+                    label=f"parent within {PARENT_WINDOW_CM:g} cm of {GIVEN_PARENT_CM:g} cm")
+    regression_x = torch.linspace(150.0, 205.0, 2, dtype=prob.DTYPE)
+    scatter.plot(regression_x, prob.gaussian_conditional(result.joint, regression_x)[0], color="black",
+                 label="E[child | parent]  (slope 0.5)")
+    scatter.axhline(TALL_CM, color="tab:blue", linestyle="--", linewidth=1, label=f"child > {TALL_CM:g} cm")
+    scatter.set_xlabel("parent's height (cm)")
+    scatter.set_ylabel("child's height (cm)")
+    scatter.set_title(f"joint p(parent, child): correlation {prob.HEIGHT_CORRELATION}")
+    scatter.legend(fontsize=8, loc="upper left")
+
+    bins = torch.linspace(145.0, 210.0, 66)
+    x = torch.linspace(145.0, 210.0, 400, dtype=prob.DTYPE)
+    conditional_mean, conditional_std = prob.gaussian_conditional(
+        result.joint, torch.tensor(GIVEN_PARENT_CM, dtype=prob.DTYPE)
+    )
+    for name, heights, (mean, std), colour, counted, exact in (
+        ("marginal p(child)", child, prob.gaussian_marginal(result.joint, 1), "tab:gray",
+         result.marginal_counted, result.marginal_exact),
+        (f"conditional p(child | parent ≈ {GIVEN_PARENT_CM:g})", child[near_given],
+         (conditional_mean.item(), conditional_std.item()), "tab:red",
+         result.conditional_counted, result.conditional_exact),
+    ):
+        histograms.hist(heights, bins=bins.tolist(), density=True, alpha=0.35, color=colour,
+                        label=f"{name}: P(> {TALL_CM:g}) counted {counted.value.item():.3f}, exact {exact:.3f}")
+        histograms.plot(x, prob.normal_density(x, mean, std), color=colour)
+    histograms.axvline(TALL_CM, color="tab:blue", linestyle="--", linewidth=1)
+    histograms.set_xlabel("child's height (cm)")
+    histograms.set_ylabel("density (1 / cm)")
+    histograms.set_title("knowing the parent moves and narrows the child's distribution")
+    histograms.legend(fontsize=8, loc="upper left")
+    histograms.set_ylim(0, 0.1)
+    return _save(figure, path)
+
+
+def plot_coin(result: CoinResult, path: Path) -> Path:
+    """Left: the fairness posterior after n flips, closed form and grid. Right: log evidence against n."""
+    figure = Figure(figsize=(12, 4.6))
+    posteriors, evidence = figure.subplots(1, 2)
+    colours = ("tab:gray", "tab:purple", "tab:blue", "tab:green", "tab:orange")
+    every = 50  # grid markers on every 50th cell, so the line under them stays visible
+    for (num_flips, grid), colour in zip(result.grid_posteriors.items(), colours):
+        heads, tails = _heads_and_tails(result.flips[:num_flips])
+        posterior_a, posterior_b = prob.coin_posterior(heads, tails)
+        posteriors.plot(grid.fairness, prob.beta_density(grid.fairness, posterior_a, posterior_b), color=colour,
+                        label=f"{num_flips} flips ({heads} heads): Beta({posterior_a:g}, {posterior_b:g})")
+        posteriors.plot(grid.fairness[every // 2::every], grid.density[every // 2::every], "o", color=colour,
+                        markersize=4, markerfacecolor="none")
+    posteriors.axvline(COIN_FAIRNESS, color="black", linestyle="--", linewidth=1,
+                       label=f"true fairness {COIN_FAIRNESS}")
+    posteriors.set_xlabel(r"fairness $\theta$ = P(heads)")
+    posteriors.set_ylabel(r"posterior density p($\theta$ | flips)")
+    posteriors.set_title("posterior over the hidden fairness\nlines: closed form; circles: Bayes' rule on a grid")
+    posteriors.legend(fontsize=8, loc="upper left")
+
+    num_flips = torch.arange(COIN_NUM_FLIPS + 1)
+    evidence.plot(num_flips, result.closed_form_log_evidence, color="tab:orange",
+                  label=r"log p(flips) = log B(1 + h, 1 + t), closed form")
+    evidence.plot(num_flips[::5], result.grid_log_evidence[::5], "o", color="tab:orange", markersize=4,
+                  markerfacecolor="none", label="log p(flips) by Bayes on a grid")
+    evidence.plot(num_flips, num_flips * math.log(0.5), "--", color="tab:gray",
+                  label=r"log p(flips | $\theta$ = 0.5), a coin known to be fair")
+    evidence.set_xlabel("number of flips n")
+    evidence.set_ylabel("nats")
+    evidence.set_title("the evidence p(flips): the fairness integrated out\nline: closed form; circles: the grid")
+    evidence.legend(fontsize=8)
+    evidence.grid(True, alpha=0.3)
+    return _save(figure, path)
 
 
 def plot_bayes(result: BayesResult, path: Path) -> Path:
@@ -526,11 +809,14 @@ def plot_gradient_estimators(result: GradientResult, rms_errors: dict[str, Tenso
     return _save(figure, path)
 
 
-FIGURE_NAMES = ("bayes", "monte_carlo_error", "kl_gaussians", "elbo_gap", "gradient_estimators")
+FIGURE_NAMES = (
+    "mass_and_density", "heights", "bayes", "coin", "monte_carlo_error", "kl_gaussians", "elbo_gap",
+    "gradient_estimators",
+)
 
 
 def make_probability_figures(out_dir: Path, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
-    """Write the chapter's five PNGs into ``out_dir``; returns ``{figure name: path}``.
+    """Write the chapter's eight PNGs into ``out_dir``; returns ``{figure name: path}``.
 
     Existing files are replaced only with ``overwrite=True`` (checked before any work is done).
     """
@@ -545,6 +831,9 @@ def make_probability_figures(out_dir: Path, seed: int = 0, overwrite: bool = Fal
         )
     }
     return {
+        "mass_and_density": plot_mass_and_density(density_experiment(), paths["mass_and_density"]),
+        "heights": plot_heights(heights_experiment(seed), paths["heights"]),
+        "coin": plot_coin(coin_experiment(seed), paths["coin"]),
         "bayes": plot_bayes(bayes_experiment(seed), paths["bayes"]),
         "monte_carlo_error": plot_monte_carlo_error(monte_carlo_experiment(seed), paths["monte_carlo_error"]),
         "kl_gaussians": plot_kl_gaussians(kl_experiment(seed), paths["kl_gaussians"]),

@@ -327,7 +327,7 @@ def train_toy_model(run_dir: str | os.PathLike, *, toy: str = "gmm", steps: int 
                     overrides: tuple[str, ...] = (), progress: bool = False):
     """Train the ``score_toy`` preset on ``toy`` into ``run_dir`` (``steps``: default the preset's; ``overrides``:
     more ``section.key=value`` settings) and load its EMA weights."""
-    from minisd.train.checkpoint import load
+    from minisd.models.files import load
     from minisd.train.config import load_run_config
     from minisd.train.run import train_from_config
 

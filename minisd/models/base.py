@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minisd.nn import image_decoder, image_encoder
-from minisd.probability import importance_weighted_log_likelihood
+from minisd.distributions import importance_weighted_log_likelihood
 
 
 class Model(nn.Module):

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from minisd.errors import CheckpointError, ConfigError
-from minisd.eval import retrieval
 from minisd.models.base import Model
 from minisd.nn.conv import conv_stage
 from minisd.text import LayoutDecoder, TextEncoder, Tokenizer
@@ -172,25 +171,3 @@ class ContrastiveTextImage(Model):
             loss = loss + self.hparams["layout_weight"] * layout_error
             metrics["layout_mse"] = layout_error.item()
         return loss, {"loss": loss.item(), **metrics}
-
-    @torch.no_grad()
-    def retrieval_accuracy(self, images: torch.Tensor, captions: list[str], *, k: tuple[int, ...] = (1, 5),
-                           pool: int = 100) -> dict[str, float]:
-        """Caption-to-image retrieval among groups of ``pool`` images (see :mod:`minisd.eval.retrieval`).
-
-        ``images: (N, C, H, W)`` in [0, 1], ``captions``: N strings, pair i is ``(images[i], captions[i])``.
-        Returns ``top1``, ``top5`` (exact pair), ``top1_class``, ``top5_class`` (any image whose caption
-        has the same tokens) and the chance level of each, averaged over the ``N // pool`` groups.
-        """
-        if len(images) != len(captions):
-            raise ConfigError(f"retrieval needs one caption per image, got {len(images)} images and "
-                              f"{len(captions)} captions")
-        caption_parts, image_parts, id_parts = [], [], []
-        for start in range(0, len(images), pool):
-            ids, tokens, mask = self._tokens(list(captions[start:start + pool]))
-            caption_parts.append(self._project_text(tokens, mask))
-            image_parts.append(self.image_embedding(images[start:start + pool].to(self.device)))
-            id_parts.append(ids)
-        # Captions with the same tokens say the same thing: number them by their distinct id rows.
-        content = torch.unique(torch.cat(id_parts), dim=0, return_inverse=True)[1]
-        return retrieval.retrieval_accuracy(torch.cat(caption_parts), torch.cat(image_parts), content, k=k, pool=pool)

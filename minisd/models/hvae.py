@@ -38,7 +38,7 @@ from torch import nn
 
 from minisd.models.base import LatentVariableModel
 from minisd.nn import mlp
-from minisd.probability import gaussian_log_density, kl_normal, sample_normal
+from minisd.distributions import gaussian_log_density, kl_normal, sample_normal
 
 Gaussian = tuple[torch.Tensor, torch.Tensor]  # (mean, log_var), each (..., latent_dim)
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from minisd.errors import ConfigError, DataError
 from minisd.models.base import Model
 from minisd.nn.latent_codec import LatentDecoder, LatentEncoder, check_codec_shape, downsampling_factor
-from minisd.probability import kl_normal, sample_normal
+from minisd.distributions import kl_normal, sample_normal
 
 
 class LatentAutoencoder(Model):

@@ -22,13 +22,11 @@ from typing import Any
 import torch
 
 from minisd.models.base import Model
+from minisd.models.clip import ContrastiveTextImage
 from minisd.models.diffusion import DiffusionModel
+from minisd.models.latent_autoencoder import LatentAutoencoder
 
 
-def _sub_model(config: dict[str, Any], model_type: str, image_shape: tuple[int, int, int]) -> Model:
-    from minisd.models import build_model  # the registry imports this module
-
-    return build_model({**config, "type": model_type, "image_shape": list(image_shape)})
 
 
 class LatentDiffusion(Model):
@@ -56,8 +54,8 @@ class LatentDiffusion(Model):
         self.image_shape = tuple(image_shape)
         self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
         self.sampler, self.sample_steps = sampler, sample_steps
-        self.autoencoder = _sub_model(autoencoder, "latent_autoencoder", self.image_shape).requires_grad_(False)
-        self.text_encoder = _sub_model(text_encoder, "clip", self.image_shape).requires_grad_(False)
+        self.autoencoder = LatentAutoencoder(**autoencoder, image_shape=self.image_shape).requires_grad_(False)
+        self.text_encoder = ContrastiveTextImage(**text_encoder, image_shape=self.image_shape).requires_grad_(False)
         self.diffusion = DiffusionModel(**{**unet, "image_shape": list(self.autoencoder.latent_shape),
                                            "context_dim": self.text_encoder.hparams["text_dim"],
                                            "num_classes": None, "p_uncond": 0.0})

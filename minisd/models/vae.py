@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from minisd.models.base import EncoderDecoderModel, LatentVariableModel
-from minisd.probability import gaussian_log_density, kl_normal, sample_normal
+from minisd.distributions import gaussian_log_density, kl_normal, sample_normal
 
 
 class VAE(EncoderDecoderModel, LatentVariableModel):

@@ -18,6 +18,7 @@ Nothing here knows how a sampler or a guidance works: each is a function or a wr
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,7 +36,6 @@ from minisd.models.latent_diffusion import LatentDiffusion
 from minisd.nn.attention import record_cross_attention
 from minisd.pipelines.inputs import image_to_tensor, mask_to_tensor
 
-MAX_STEPS = 1000
 DEFAULT_IMG2IMG_STRENGTH = 0.8  # diffusers' default: keeps the layout, redraws the details
 
 
@@ -64,12 +64,6 @@ def _check_guidance(scale: Any) -> float:
         raise ConfigError(f"the guidance scale must be 0 or more (0: ignore the prompt, 1: plain conditional), "
                           f"got {scale}")
     return float(scale)
-
-
-def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ConfigError(f"the number of steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
-    return steps
 
 
 class TextToImagePipeline:
@@ -128,7 +122,8 @@ class TextToImagePipeline:
         ``image``: an init image ``(C, H, W)``/``(1, C, H, W)`` tensor in [0, 1] or a PIL image, redrawn from
         ``strength`` (default 0.8; 1 redraws everything); with ``mask_image`` (white = repaint) only the
         masked region is redrawn (``strength`` default 1) and the rest is the init image as the autoencoder
-        reconstructs it. ``callback`` gets, after every step, a dict with ``step`` (from 0), ``steps`` (how many run:
+        reconstructs it. ``generator`` fixes every noise draw; without one a seed is drawn (leaving torch's global
+        RNG as it was) and returned as ``settings["seed"]``. ``callback`` gets, after every step, a dict with ``step`` (from 0), ``steps`` (how many run:
         ``ceil(strength * steps)`` from an init image), ``t``, ``latents`` and ``x0_preview`` (the current estimate
         of the images, decoded).
         """
@@ -144,16 +139,14 @@ class TextToImagePipeline:
             raise ConfigError(f"num_images_per_prompt must be a whole number, at least 1, got {num_images_per_prompt!r}")
         if output_type not in ("pil", "pt"):
             raise ConfigError(f"output_type is 'pil' or 'pt', not {output_type!r}")
-        steps = _check_steps(model.sample_steps if num_inference_steps is None else num_inference_steps)
+        steps = model.sample_steps if num_inference_steps is None else num_inference_steps
         scale = _check_guidance(model.guidance_scale if guidance_scale is None else guidance_scale)
         sampler = sampler or model.sampler
-        check_sampler_args(sampler, **sampler_args)
         if mask_image is not None and image is None:
             raise ConfigError("inpainting needs the image to repaint (image=) as well as the mask")
         if strength is None:
             strength = 1.0 if mask_image is not None else DEFAULT_IMG2IMG_STRENGTH
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ConfigError(f"strength must lie in (0, 1] (1 redraws everything), got {strength!r}")
+        check_sampler_args(sampler, steps=steps, strength=strength, **sampler_args)  # before any work
         if return_attention and scale == 0:
             # Guidance 0 runs the unconditional branch alone: the prompt's tokens are never attended to.
             raise ConfigError("attention maps show where the prompt acts, and at guidance_scale 0 it does not: "
@@ -189,8 +182,12 @@ class TextToImagePipeline:
                     callback({"step": info["step"], "steps": info["steps"], "t": info["t"], "latents": info["x"],
                               "x0_preview": model.autoencoder.decode(info["x0_pred"])})
 
+        seed = None
         if generator is None:
-            generator = torch.Generator(self.device).manual_seed(torch.seed() % 2**63)
+            # A seed of our own, drawn without torch.seed(), which would reseed the caller's global RNG; it is
+            # recorded in the settings, so the images can be made again.
+            seed = secrets.randbits(63)
+            generator = torch.Generator(self.device).manual_seed(seed)
         try:
             latents = run_sampler(denoiser, (n, *model.autoencoder.latent_shape), sampler=sampler, steps=steps,
                                   generator=generator, cond=cond, callback=step_callback, device=self.device,
@@ -211,7 +208,8 @@ class TextToImagePipeline:
                     "steps": steps, "sampler": sampler, "guidance_scale": scale,
                     "strength": strength if image is not None else None,
                     "width": self.image_shape[2], "height": self.image_shape[1], "num_images": n,
-                    "model": self.name, "model_hash": self.weights_hash, **sampler_args}
+                    "model": self.name, "model_hash": self.weights_hash,
+                    "seed": seed, **sampler_args}  # the seed drawn here (None: the caller's generator)
         output = PipelineOutput(images=to_pil(images) if output_type == "pil" else images.cpu(), settings=settings)
         if recorder is not None:
             output.attention_maps = recorder.maps(n, model.autoencoder.latent_shape[1:])

@@ -13,18 +13,18 @@ fields of the two dataclasses below, with their ranges, and the type hints of ea
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import math
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from minisd.configs import list_presets, preset_path
+from minisd.data import DATASETS
+from minisd.data.toys import TOYS
 from minisd.errors import ConfigError
+from minisd.models import check_model_section
+from minisd.schema import AT_LEAST_ONE, DECAY, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, check_section
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,15 +32,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SECTIONS = ("model", "data", "train")
-
-# A range a setting must lie in: a test and the words that state it.
-Range = tuple[Callable[[Any], bool], str]
-AT_LEAST_ONE: Range = (lambda v: v >= 1, "at least 1")
-NON_NEGATIVE: Range = (lambda v: v >= 0, "0 or more")
-POSITIVE: Range = (lambda v: v > 0, "greater than 0")
-UNIT_INTERVAL: Range = (lambda v: 0 <= v <= 1, "between 0 and 1")
-DECAY: Range = (lambda v: 0 <= v < 1, "at least 0 and below 1")
-
 
 def _setting(default: Any, must_be: Range | None = None) -> Any:
     return field(default=default, metadata={"must_be": must_be} if must_be else {})
@@ -78,113 +69,10 @@ class DataConfig:
     image_size: int | None = _setting(None, AT_LEAST_ONE)  # a folder of your images: resized to this side (32)
 
     def __post_init__(self) -> None:
-        from minisd.data import DATASETS
-
-        from minisd.data.toys import TOYS
-
         check_section("data", dataclasses.asdict(self), DataConfig)
         if self.dataset not in (*DATASETS, "shapes", *TOYS) and not Path(self.dataset).expanduser().is_dir():
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {[*DATASETS, 'shapes', *TOYS]}, "
                               f"or give a folder of your images with captions")
-
-
-# --------------------------------------------------------------------------------------
-# Checking values against type hints
-# --------------------------------------------------------------------------------------
-
-
-def _describe(annotation: Any) -> str:
-    """A type hint in words: ``list[int]`` -> "a list of integers"."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("none" if a is type(None) else _describe(a) for a in args)
-    if origin in (list, tuple):
-        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    if origin is dict:
-        return f"a table of {_describe(args[1]).removeprefix('a ').removeprefix('an ')}s" if args else "a table"
-    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
-        annotation, str(annotation))
-
-
-def _matches(value: Any, annotation: Any) -> bool:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if annotation is type(None):
-        return value is None
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
-            return False
-        return all(_matches(v, args[0]) for v in value) if args else True
-    if origin is dict:
-        return isinstance(value, dict) and (not args or all(
-            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()))
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if annotation is str:
-        return isinstance(value, str)
-    return isinstance(value, annotation) if isinstance(annotation, type) else True
-
-
-def check_value(name: str, value: Any, annotation: Any, must_be: Range | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``value`` has the type of ``annotation`` (and lies in ``must_be``)."""
-    if not _matches(value, annotation):
-        raise ConfigError(f"{name} must be {_describe(annotation)}, got {value!r}")
-    if must_be is not None and value is not None and not must_be[0](value):
-        raise ConfigError(f"{name} must be {must_be[1]}, got {value!r}")
-
-
-def check_section(section: str, values: dict[str, Any], schema: type) -> None:
-    """Check a config section against a dataclass: no unknown keys, every value of its field's type and range."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ConfigError(f"unknown {section} settings {sorted(unknown)}; valid ones are {sorted(fields)}")
-    hints = typing.get_type_hints(schema)
-    for key, value in values.items():
-        check_value(f"{section}.{key}", value, hints[key], fields[key].metadata.get("must_be"))
-
-
-def constructor_settings(cls: type) -> dict[str, Any]:
-    """The keyword arguments a model class takes, with their type hints: its ``__init__``'s, and where that
-    passes ``**kwargs`` on, those of the class ``super().__init__`` reaches (up to :class:`Model`)."""
-    from minisd.models import Model
-
-    settings: dict[str, Any] = {}
-    for owner in cls.__mro__:
-        if owner is Model:
-            break
-        if "__init__" not in vars(owner):
-            continue
-        hints = typing.get_type_hints(owner.__init__)
-        parameters = list(inspect.signature(owner.__init__).parameters.values())[1:]  # without self
-        settings.update({p.name: hints.get(p.name, Any) for p in parameters if p.kind is not p.VAR_KEYWORD})
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return settings
-
-
-def check_model_section(model: dict[str, Any]) -> None:
-    """The model section: a registered type, and only its constructor's arguments, each of the hinted type."""
-    from minisd.models import MODELS, check_model_type
-
-    check_model_type(model.get("type"))
-    accepted = constructor_settings(MODELS[model["type"]])
-    settings = {k: v for k, v in model.items() if k != "type"}
-    unknown = set(settings) - set(accepted)
-    if unknown:
-        raise ConfigError(f"unknown model settings {sorted(unknown)} for a {model['type']}; "
-                          f"valid ones are {sorted(accepted)}")
-    for key, value in settings.items():
-        check_value(f"model.{key}", value, accepted[key])
 
 
 def validate_run_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +100,40 @@ def data_config(run_config: dict[str, Any]) -> DataConfig:
     """The ``data`` section as a :class:`DataConfig`, checked against the schema."""
     check_section("data", run_config["data"], DataConfig)
     return DataConfig(**run_config["data"])
+
+
+# --------------------------------------------------------------------------------------
+# Text-to-image configs: a [data] table and one table per stage (see minisd.train.text_to_image)
+# --------------------------------------------------------------------------------------
+
+STAGES = ("autoencoder", "text_encoder", "unet")
+STAGE_MODEL_TYPES = {"autoencoder": "latent_autoencoder", "text_encoder": "clip", "unet": "latent_diffusion"}
+
+
+def is_text_to_image_config(config: dict[str, Any]) -> bool:
+    """A text-to-image config has a table per stage instead of one ``model`` table."""
+    return any(stage in config for stage in STAGES)
+
+
+def stage_config(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The ordinary run config of one stage: its model and train tables, and the shared data table."""
+    section = config.get(stage)
+    if not isinstance(section, dict) or not isinstance(section.get("model", {}), dict):
+        raise ConfigError(f"a text-to-image config needs a [{stage}] table with [{stage}.model] and [{stage}.train]")
+    unknown = set(section) - {"model", "train"}
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)} in [{stage}]; use [{stage}.model] and [{stage}.train]")
+    return {"model": {**section.get("model", {}), "type": STAGE_MODEL_TYPES[stage]},
+            "train": dict(section.get("train", {})), "data": dict(config.get("data", {}))}
+
+
+def validate_text_to_image_config(config: dict[str, Any]) -> None:
+    """Check every stage against the schema before any work: a mistake in stage 3 must not cost stages 1 and 2."""
+    unknown = set(config) - {*STAGES, "data"}
+    if unknown:
+        raise ConfigError(f"unknown sections {sorted(unknown)} in a text-to-image config; use data, {', '.join(STAGES)}")
+    for stage in STAGES:
+        validate_run_config(stage_config(config, stage))
 
 
 # --------------------------------------------------------------------------------------
@@ -254,8 +176,6 @@ def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str,
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
     config = apply_overrides(config, overrides)
-    from minisd.train.text_to_image import is_text_to_image_config, validate_text_to_image_config
-
     if is_text_to_image_config(config):
         validate_text_to_image_config(config)
         return config

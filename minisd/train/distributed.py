@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from minisd.errors import MinisdError
+
+T = TypeVar("T")
 
 
 def setup(device: torch.device) -> tuple[int, int]:
@@ -17,8 +23,64 @@ def setup(device: torch.device) -> tuple[int, int]:
     if world_size == 1:
         return 0, 1
     if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # nccl's collectives (barrier, broadcast_object_list) use the current GPU
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world_size
+
+
+def process_device(device: torch.device) -> torch.device:
+    """The device of this process: under ``torchrun`` each process takes the GPU of its local rank."""
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", local_rank())
+    return device
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
+    """Be in the process group for the whole block; yields ``(rank, world_size)``.
+
+    A command made of several training runs (the stages of a text-to-image model) joins once, so that the
+    work only rank 0 does between the runs can be fenced and its decisions shared; the loop's own
+    :func:`setup` then finds the group joined and leaves it be. The group is left at the end only by the
+    call that joined it.
+    """
+    joined_here = not is_initialized()
+    rank_and_size = setup(device)
+    try:
+        yield rank_and_size
+    finally:
+        if joined_here:
+            teardown()
+
+
+def on_main_process(work: Callable[[], T]) -> T:
+    """Do ``work`` on rank 0 alone and return its result on every rank (just ``work()`` outside a group).
+
+    For what is decided from files, or writes them: rank 0 alone reads and writes the run folder, so every
+    rank takes the same branch and none reads a file half written. The other ranks wait until rank 0 is
+    done. If ``work`` fails, every rank raises: a :class:`MinisdError` as it is (one message from each
+    process, the same), anything else as a ``MinisdError`` naming it on the other ranks; no rank is left
+    waiting for one that has stopped.
+    """
+    if not is_initialized():
+        return work()
+    outcome: list[Any] = [None]
+    failure: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            outcome[0] = (True, work())
+        except BaseException as error:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = error
+            outcome[0] = (False, error if isinstance(error, MinisdError)
+                          else MinisdError(f"rank 0 stopped with {type(error).__name__}: {error}"))
+    dist.broadcast_object_list(outcome, src=0)
+    if failure is not None:
+        raise failure
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value
 
 
 def is_initialized() -> bool:

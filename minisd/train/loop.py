@@ -29,8 +29,8 @@ from minisd.errors import MinisdError
 from minisd.models import Model
 from minisd.runtime import resolve_device
 from minisd.train import distributed
-from minisd.train.checkpoint import (find_checkpoint, load_training_state, read_checkpoint_config,
-                                     remove_stale_folders, save_checkpoint)
+from minisd.models.files import find_checkpoint, read_checkpoint_config
+from minisd.train.checkpoint import load_training_state, remove_stale_folders, save_checkpoint
 from minisd.train.config import TrainConfig
 from minisd.train.optim import EMA, learning_rate
 
@@ -144,13 +144,14 @@ def train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: s
 
     Returns the final step, the last training logs, the last evaluation and the wall time.
     """
-    device = resolve_device(device)
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", distributed.local_rank())
+    device = distributed.process_device(resolve_device(device))
     joined_group = not distributed.is_initialized()
     rank, world_size = distributed.setup(device)
     run_dir = Path(run_dir)
     created_run_dir = not run_dir.exists()
+    # Every rank has finished looking at the run folder (train_from_config's checks) before rank 0 writes
+    # in it. Joining the group waits for every rank too, but a command of several runs joins it only once.
+    distributed.barrier()
     try:
         return _train(model, train_set, config, run_dir, rank=rank, world_size=world_size, device=device,
                       run_config=run_config, eval_set=eval_set, binarize_data=binarize_data, resume=resume,

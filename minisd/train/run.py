@@ -17,7 +17,7 @@ from minisd.models import MODELS, build_model
 from minisd.outputs import check_can_create
 from minisd.runtime import resolve_device
 from minisd.train import distributed
-from minisd.train.checkpoint import find_checkpoint, read_checkpoint_config
+from minisd.models.files import find_checkpoint, read_checkpoint_config
 from minisd.train.config import SECTIONS, data_config, differences, train_config, validate_run_config
 from minisd.train.loop import train
 
@@ -55,7 +55,7 @@ FOLDER_IMAGE_SIZE = 32  # the side a folder of your images is resized to unless 
 def load_captioned_split(data: dict[str, Any], split: str, data_dir: str | None):
     """One split of a captioned dataset as the ``data`` table names it (a folder of images is resized to
     ``image_size``, and is its own test split)."""
-    from minisd.data.captioned import load_captioned
+    from minisd.data import load_captioned
 
     size = data.get("image_size") or (None if data["dataset"] in (*DATASETS, "shapes") else FOLDER_IMAGE_SIZE)
     return load_captioned(data["dataset"], split, data_dir=data_dir, num_images=data.get("num_images"), size=size)

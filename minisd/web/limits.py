@@ -74,10 +74,19 @@ class Limits:
         return _number(value, "the guidance scale", 0.0, self.max_guidance)
 
     def strength(self, value: Any) -> float:
-        strength = _number(value, "the strength", 0.0, 1.0)
-        if strength == 0:
-            raise RequestError("the strength must be above 0 (0 would keep the init image unchanged); 1 redraws all")
-        return strength
+        """A number, in the range image-to-image takes (:func:`minisd.diffusion.samplers.check_strength`, which
+        owns it: the page sets no bound of its own)."""
+        from minisd.diffusion.samplers import check_strength
+
+        if isinstance(value, str):  # any HTTP client may send text
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
+        try:
+            return check_strength(value)
+        except ConfigError as err:
+            raise RequestError(str(err)) from None
 
     def latent(self, value: Any, what: str) -> float:
         """A coordinate of the VAE's latent plane, as far out as the page's map goes."""

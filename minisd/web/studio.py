@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from minisd.errors import ConfigError, MinisdError
+from minisd.generate import unknown_words_note
 from minisd.web.limits import LATENT_EXTENT, Limits, RequestError
 from minisd.web.pictures import attention_overlays, enlarge, tensor_grid
 
@@ -35,13 +36,12 @@ INIT_IMAGE_FILE, MASK_FILE = "init-image.png", "mask.png"
 def find_models(shipped: Path, runs: Path | None) -> dict[str, Path]:
     """The text-to-image models the page may use, by the name the page shows: the shipped ones by their
     name (``mnist``), a run under ``runs`` by its path (``runs/my_model``), as ``--model`` takes them."""
-    from minisd.pipelines.model_folder import is_model_folder
-    from minisd.train.text_to_image import MODEL_FOLDER
+    from minisd.models.model_folder import RUN_MODEL_FOLDER, is_model_folder
 
     models = {p.name: p for p in sorted(shipped.glob("*")) if is_model_folder(p)} if shipped.is_dir() else {}
     if runs is not None and runs.is_dir():
         for run in sorted(runs.iterdir()):
-            if is_model_folder(run / MODEL_FOLDER):
+            if is_model_folder(run / RUN_MODEL_FOLDER):
                 models[str(run)] = run
     return models
 
@@ -62,6 +62,8 @@ class GenerationRequest:
     mask: Image.Image | None = None
     strength: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: A model this server offers that knows the prompt's words this model never read (the page offers to switch).
+    suggested_model: str | None = None
 
 
 @dataclass
@@ -112,9 +114,9 @@ class Studio:
             raise RequestError(f"unknown model {name!r}; this server offers {', '.join(self.models)}")
         with self._load_lock:
             if name not in self._pipelines:
-                import minisd
+                from minisd.pipelines import load
 
-                self._pipelines[name] = minisd.load(self.models[name], device=self.device)
+                self._pipelines[name] = load(self.models[name], device=self.device)
         return self._pipelines[name]
 
     def request(self, *, prompt: Any, model: Any, negative_prompt: Any = None, sampler: Any = None,
@@ -159,10 +161,11 @@ class Studio:
         except ConfigError as err:
             raise RequestError(str(err)) from None
         for text in filter(None, (checked.prompt, checked.negative_prompt)):
-            unknown = tokenizer.unknown_words(text)
-            if unknown:
-                checked.notes.append(f"the model never read {', '.join(map(repr, unknown))} in its captions: "
-                                     f"{'it is' if len(unknown) == 1 else 'they are'} read as an unknown word")
+            found = unknown_words_note(text, tokenizer, model, self.models)
+            if found is not None:
+                note, known_by = found
+                checked.notes.append(note + (f": choose {known_by[0]} in the Model list" if known_by else ""))
+                checked.suggested_model = checked.suggested_model or (known_by[0] if known_by else None)
         return checked
 
     def _image(self, value: Any, what: str) -> Image.Image:
@@ -268,9 +271,9 @@ class Studio:
             return None
         with self._load_lock:
             if self._vae is None:
-                import minisd
+                from minisd.pipelines import load
 
-                vae = minisd.load(self.vae_path, device=self.device)
+                vae = load(self.vae_path, device=self.device)
                 if getattr(vae, "hparams", {}).get("latent_dim") != 2:  # kept only once checked
                     raise MinisdError(f"{self.vae_path} is not a VAE with a 2-d latent: the plane needs one")
                 self._vae = vae

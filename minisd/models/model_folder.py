@@ -24,14 +24,14 @@ from typing import Any, Callable
 
 import torch
 
-from minisd.diffusion.samplers import SAMPLERS
+from minisd.diffusion.samplers import MAX_STEPS, SAMPLERS
 from minisd.errors import CheckpointError
 from minisd.models.latent_diffusion import LatentDiffusion
-from minisd.pipelines.text_to_image import MAX_STEPS
-from minisd.train.checkpoint import load, save_model
+from minisd.models.files import load, save_model
 from minisd.version import __version__
 
 INDEX = "model_index.json"
+RUN_MODEL_FOLDER = "model"  # where a text-to-image training run (minisd.train.text_to_image) writes its model folder
 PARTS = {"autoencoder": "autoencoder", "text_encoder": "text_encoder", "unet": "diffusion"}  # folder -> attribute
 
 
