@@ -24,7 +24,6 @@ RUNS_DIR = Path("runs")
 MAX_GRID_IMAGES = 10_000  # a 100 x 100 grid; FID and other bulk uses draw their samples without a picture
 MAX_SCATTER_POINTS = 20_000  # a score model's samples in one scatter plot
 SAMPLE_IMAGES, SAMPLE_POINTS = 64, 2000  # minisd sample's default --n: images in a grid, or 2-D points
-EXAMPLE_FOLDER_IMAGES = 600  # minisd.data.example_folder.EXAMPLE_IMAGES (not imported here: it loads torch)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -342,7 +341,7 @@ def _eval_score_model(args: argparse.Namespace, config: dict) -> None:
 
 # Which model types each chapter's figures draw.
 FIGURE_MODELS = {"vae": ("vae", "autoencoder", "hvae"), "autoencoder": ("autoencoder", "vae", "hvae"),
-                 "diffusion": ("diffusion",), "score": ("score",)}
+                 "latent-planes": ("autoencoder",), "diffusion": ("diffusion",), "score": ("score",)}
 
 
 def _text_to_image_figures(args: argparse.Namespace) -> dict:
@@ -382,6 +381,25 @@ def _folder_model_prompts(folder: Path) -> list[str] | None:
     return folder_prompts(dataset) if is_folder_dataset(dataset) else None
 
 
+def _latent_planes_figure(args: argparse.Namespace) -> dict:
+    """``minisd figures latent-planes AUTOENCODER``: its 2-d latent plane beside the shipped vae2d's, on the
+    autoencoder's test images."""
+    import minisd
+    from minisd.eval.report import evaluation_set
+    from minisd.figures.vae import make_latent_planes_figure
+    from minisd.generate import model_path
+    from minisd.models.files import read_checkpoint_config
+
+    if not args.checkpoint:
+        raise MinisdError("minisd figures latent-planes needs a 2-d autoencoder: "
+                          "minisd figures latent-planes runs/autoencoder2d")
+    config = read_checkpoint_config(args.checkpoint)
+    dataset = evaluation_set(config, "test", checkpoint=args.checkpoint, data_dir=args.data_dir)
+    vae_path = model_path("vae2d")
+    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "figures"
+    return make_latent_planes_figure(_load(args), minisd.load(vae_path), dataset, out, overwrite=args.overwrite)
+
+
 def cmd_figures(args: argparse.Namespace) -> None:
     from minisd.models.files import read_checkpoint_config
 
@@ -400,6 +418,8 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
         out = Path(args.out or "figures/probability")
         paths = make_probability_figures(out, seed=args.seed, overwrite=args.overwrite)
+    elif args.chapter == "latent-planes":
+        paths = _latent_planes_figure(args)
     elif args.chapter == "diffusion":
         from minisd.data import load_dataset
         from minisd.figures.diffusion import make_diffusion_figures
@@ -442,10 +462,11 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_example_folder(args: argparse.Namespace) -> None:
-    from minisd.data.example_folder import write_example_folder
+    from minisd.data.example_folder import EXAMPLE_IMAGES, write_example_folder
 
-    folder = write_example_folder(args.out, n=args.n, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {args.n} captioned 32x32 pictures and {folder / 'metadata.jsonl'} to {folder}")
+    n = EXAMPLE_IMAGES if args.n is None else args.n
+    folder = write_example_folder(args.out, n=n, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {n} captioned 32x32 pictures and {folder / 'metadata.jsonl'} to {folder}")
     out = f" --out {_default_folder_run(folder)}-model" if _holds(_default_folder_run(folder), folder) else ""
     print(f"next, train a text-to-image model on them: minisd train --data {_shell_quote(str(folder))}{out}")
 
@@ -555,9 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     figures = commands.add_parser("figures", help="write a chapter's figures",
                                   description="Write a chapter's figures as PNG files.")
-    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "diffusion", "score",
-                                             "text-to-image"])
+    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "latent-planes", "diffusion",
+                                             "score", "text-to-image"])
     figures.add_argument("checkpoint", nargs="?", help="trained model (vae / autoencoder: required; "
+                                                       "latent-planes: a 2-d autoencoder, drawn beside "
+                                                       "the shipped vae2d; "
                                                        "diffusion: adds the trajectory and sampler figures; "
                                                        "score: a score model of a 2-D toy, default: train one on "
                                                        "gmm first; "
@@ -583,8 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write N captioned 32x32 pictures of coloured shapes and their metadata.jsonl into OUT, in the "
                     "image-folder convention: a stand-in for a folder of your own pictures.")
     example.add_argument("out", metavar="OUT", help="folder to write (new, or empty)")
-    example.add_argument("--n", type=_positive_int, default=EXAMPLE_FOLDER_IMAGES,
-                         help=f"number of pictures (default {EXAMPLE_FOLDER_IMAGES})")
+    example.add_argument("--n", type=_positive_int, help="number of pictures (default: the example's 600)")
     example.add_argument("--seed", type=_seed, default=0, help="random seed: the same seed gives the same pictures")
     example.add_argument("--overwrite", action="store_true",
                          help="write into a folder that is not empty (other files there are left alone)")

@@ -17,6 +17,7 @@ import torch
 import minisd
 from minisd.errors import CheckpointError
 from minisd.models import Autoencoder
+from minisd.models import files as model_files
 from minisd.train import checkpoint
 from minisd.models.files import find_checkpoint
 from minisd.train.checkpoint import load_training_state, remove_stale_folders, save_checkpoint
@@ -55,7 +56,7 @@ def _resume_and_save(run_dir, step: int) -> None:
 
 # Every operation that changes what is on disk under a name, in the checkpoint module and in rmtree.
 FILE_OPERATIONS = [(os, "replace"), (os, "unlink"), (os, "rmdir"), (shutil, "rmtree"), (tempfile, "mkdtemp"),
-                   (checkpoint, "_write_file")]
+                   (model_files, "write_file")]
 
 
 def _crash_before_operation(point: int, action, operations=FILE_OPERATIONS) -> bool:
@@ -131,7 +132,7 @@ def test_folders_of_killed_saves_are_removed_by_the_next_save(tmp_path):
     _save(tmp_path, 5)
     for kill in range(10):
         # Killed while writing the weights into its tmp folder.
-        assert _crash_before_operation(1, functools.partial(_save, tmp_path, 10 + kill), [(checkpoint, "_write_file")])
+        assert _crash_before_operation(1, functools.partial(_save, tmp_path, 10 + kill), [(model_files, "write_file")])
         assert len(list(tmp_path.glob(".checkpoint.tmp-*"))) == 1, "each save clears the folders of earlier kills"
     _save(tmp_path, 20)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

@@ -216,3 +216,14 @@ def test_a_grey_init_image_and_a_mask_work_end_to_end_recorded_with_sha256_and_r
     # A changed init image would make another picture: --from refuses it rather than remake something else.
     save_image(files["grey_init"], np.zeros((SIZE, SIZE)))
     assert_one_line_error(["generate", "--from", "out.png", "--out", "third.png"], tmp_path, "has changed")
+
+
+def test_words_only_another_shipped_model_read_are_noted_with_that_model(tmp_path, capsys):
+    """A shapes prompt on the digits model makes noise: the note names the words and the model that knows them."""
+    from minisd.cli import main
+
+    assert main(["generate", "a red circle left of a blue square", "--model", "mnist", "--steps", "1",
+                 "--out", str(tmp_path / "o.png"), "--device", "cpu"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert notes == ["minisd: note: 'red', 'circle', 'blue', 'square' are not in the mnist model's vocabulary; "
+                     "the shapes model knows them: --model shapes"]

@@ -281,6 +281,27 @@ def test_inpainting_keeps_the_unmasked_region_as_the_autoencoder_reconstructs_it
     assert not torch.allclose(result[painted], reconstruction[painted], atol=1e-2)
 
 
+@torch.no_grad()
+def test_inpainting_holds_the_known_latents_on_their_noising_path_before_any_paste(pipe, init_image):
+    """The final image is pasted over outside the mask, which would hide a missing inpainting wrapper: here the
+    sampler's own latents are checked. With DDIM (eta 0) the kept latent cells are alpha_t z_known + sigma_t eps at
+    every step, eps the start noise, and z_known itself at the end (see tests/test_inpainting.py)."""
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :16] = 1  # repaint the left half: the right half of the latent grid is kept
+    seen = []
+    pipe(PROMPT, image=init_image, mask_image=mask, sampler="ddim", num_inference_steps=4, generator=seeded(0),
+         callback=seen.append, output_type="pt")
+    known = pipe.model.autoencoder.encode(init_image)
+    eps = torch.randn(known.shape, generator=seeded(0))  # the sampler's first draw: its start noise
+    kept = (slice(None), slice(None), slice(None), slice(known.shape[-1] // 2, None))
+    for info in seen[:-1]:
+        alpha, sigma = pipe.model.diffusion.schedule.alpha_sigma(torch.as_tensor(info["t"]).reshape(1))
+        expected = alpha.float() * known + sigma.float() * eps
+        assert torch.allclose(info["latents"][kept], expected[kept], atol=1e-4), info["step"]
+    assert torch.allclose(seen[-1]["latents"][kept], known[kept], atol=1e-5)
+    assert not torch.allclose(seen[-1]["latents"], known, atol=1e-2)  # the left half was painted
+
+
 def test_a_pil_mask_is_read_white_for_repaint(pipe, init_image):
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., :16] = 1

@@ -64,13 +64,6 @@ def test_example_folder_writes_n_pictures_and_metadata_that_the_image_folder_rea
     assert (other / "metadata.jsonl").read_bytes() != (folder / "metadata.jsonl").read_bytes()
 
 
-def test_the_cli_default_count_is_the_modules():
-    from minisd.cli import EXAMPLE_FOLDER_IMAGES
-    from minisd.data.example_folder import EXAMPLE_IMAGES
-
-    assert EXAMPLE_FOLDER_IMAGES == EXAMPLE_IMAGES
-
-
 def test_example_folder_refuses_a_folder_that_is_not_empty_unless_overwrite(tmp_path, capsys):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -233,3 +226,49 @@ def test_a_run_folder_that_would_hold_the_images_is_refused(tmp_path, monkeypatc
         assert "would hold the images" in err and "--out runs/pictures-model" in err
     assert len(list(Path("runs/pictures").glob("*.png"))) == 4 and sorted(p.name for p in Path("runs").iterdir()) \
         == ["pictures"]
+
+
+def grey_garments(folder: Path, n: int = 8) -> Path:
+    """A folder like Fashion-MNIST's: 28x28 grey ("L") pictures with a caption in a .txt beside each."""
+    folder.mkdir()
+    for i in range(n):
+        picture = Image.new("L", (28, 28), 0)
+        picture.paste(60 + 20 * i, (6, 4 + i, 22, 24))
+        picture.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a {'light' if i % 2 else 'dark'} shirt")
+    return folder
+
+
+def test_a_folder_of_28x28_grey_pictures_is_read_at_28x28_grey_unless_told_otherwise(tmp_path, capsys):
+    folder = grey_garments(tmp_path / "garments")
+    dataset = load_image_folder(folder)
+    assert tuple(dataset.images.shape) == (8, 1, 28, 28)
+    assert "at 28x28 grey (the folder's own)" in capsys.readouterr().err
+    bigger = load_image_folder(folder, size=32, channels=3)
+    assert tuple(bigger.images.shape) == (8, 3, 32, 32)
+    assert "at 32x32 RGB (as asked)" in capsys.readouterr().err
+    assert tuple(load_image_folder(folder, size=14).images.shape) == (8, 1, 14, 14)
+    assert "at 14x14 grey (size as asked, colour from the folder)" in capsys.readouterr().err
+
+
+def test_one_colour_picture_makes_the_folder_rgb_and_the_most_common_side_wins(tmp_path):
+    folder = grey_garments(tmp_path / "mixed", 3)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "3.png")  # shorter side 30: one picture of four
+    (folder / "3.txt").write_text("a red shirt")
+    assert tuple(load_image_folder(folder).images.shape) == (4, 3, 28, 28)
+
+
+def test_train_on_a_grey_folder_gives_models_of_grey_28x28_pictures_and_image_size_overrides(tmp_path, capsys):
+    from minisd.train.run import load_captioned_split
+
+    folder = grey_garments(tmp_path / "garments", 16)
+    data = {"dataset": str(folder), "num_images": None, "image_size": None}
+    assert load_captioned_split(data, "train", None).example_shape == (1, 28, 28)
+    assert load_captioned_split({**data, "image_size": 32}, "test", None).example_shape == (1, 32, 32)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(run), *TINY]) == 0
+    assert "at 28x28 grey (the folder's own)" in capsys.readouterr().err
+    index = json.loads((run / "model" / "model_index.json").read_text())
+    autoencoder = json.loads((run / "model" / "autoencoder" / "config.json").read_text())
+    assert index["model"]["image_shape"] == [1, 28, 28], index["model"]
+    assert json.dumps(autoencoder).count("[1, 28, 28]") >= 1

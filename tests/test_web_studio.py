@@ -148,7 +148,7 @@ def test_each_value_goes_through_the_limits(studio):
         with pytest.raises(RequestError, match=words):
             studio.request(**{"prompt": DIGIT, "model": "mnist", **values})
     init = png_bytes(drawing("mnist"))
-    with pytest.raises(RequestError, match="the strength must be above 0"):
+    with pytest.raises(RequestError, match="the strength must be a number above 0"):
         studio.request(prompt=DIGIT, model="mnist", init_image=init, strength=0)
 
 
@@ -344,8 +344,21 @@ def test_a_prompt_too_long_for_the_tokenizer_is_refused_before_any_work(studio):
 
 def test_words_the_model_never_read_are_noted(studio):
     request = studio.request(prompt="a handwritten digit 7 riding a bicycle", model="mnist")
-    assert request.notes and "bicycle" in request.notes[0]
+    assert request.notes and "bicycle" in request.notes[0] and request.suggested_model is None
     assert studio.request(prompt=DIGIT, model="mnist").notes == []
+
+
+def test_words_another_model_knows_are_noted_with_the_model_to_switch_to(studio):
+    """The same note as minisd generate's (one function makes both), with the page's way to switch."""
+    from minisd.generate import unknown_words_note
+
+    prompt = "a red circle left of a blue square"
+    request = studio.request(prompt=prompt, model="mnist")
+    note, known_by = unknown_words_note(prompt, studio.pipeline("mnist").model.tokenizer, "mnist", studio.models)
+    assert known_by == ["shapes"] and request.suggested_model == "shapes"
+    assert request.notes == [f"{note}: choose shapes in the Model list"]
+    assert "'circle'" in note and "'square'" in note and "the shapes model knows them" in note
+    assert studio.request(prompt=prompt, model="shapes").notes == []
 
 
 # ---------------------------------------------------------------- attention maps

@@ -3,7 +3,9 @@
 Either a ``metadata.jsonl`` whose lines are ``{"file_name": "cat.png", "text": "a black cat"}`` (file
 names relative to the folder), or, without one, a ``cat.txt`` holding the caption beside each
 ``cat.png``. Each image is converted to RGB or grey, its shorter side resized to ``size`` and its
-centre cropped to ``size`` x ``size``. A missing or unreadable image, and an image without a caption,
+centre cropped to ``size`` x ``size``. Unless asked otherwise, the folder says both (:func:`folder_format`):
+``size`` is the most common shorter side of its images, and they are read grey if every one is stored grey
+(28x28 Fashion-MNIST garments stay 28x28 grey), else RGB. A missing or unreadable image, and an image without a caption,
 is named and skipped, never silently used: ``dataset.skipped`` lists each with the reason, and one
 line reports the counts.
 """
@@ -27,6 +29,7 @@ from minisd.errors import ConfigError, DataError
 METADATA_FILE = "metadata.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _MODES = {1: "L", 3: "RGB"}
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow's modes of one colour channel (alpha aside)
 _REPORTED: set[tuple[Path, str]] = set()
 _NAMES_IN_SUMMARY = 10  # the report line names this many skipped files; dataset.skipped has them all
 
@@ -113,6 +116,24 @@ def _read_image(path: Path, size: int, mode: str) -> np.ndarray:
     return pixels.reshape(size, size, -1)
 
 
+def folder_format(paths: list[Path]) -> tuple[int, int]:
+    """(size, channels) a folder's images are read at unless asked otherwise: the most common shorter side (the
+    smaller one on a tie), and 1 (grey) if every image is stored grey, else 3 (RGB). Only the files' headers are
+    read; an image that cannot be opened is left out here (the reading names it)."""
+    sides, all_grey = [], True
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+                all_grey = all_grey and image.mode in _GREY_MODES
+        except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError):
+            continue
+    if not sides:
+        return 1, 3  # nothing readable: the reading will say so
+    counts = {side: sides.count(side) for side in set(sides)}
+    return min(counts, key=lambda side: (-counts[side], side)), 1 if all_grey else 3
+
+
 def folder_captions(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """(file name, caption) for each image of ``folder`` that has a caption, from ``metadata.jsonl`` if there is
     one, else from the ``.txt`` files; what cannot be used goes to ``skipped`` as (name, reason)."""
@@ -125,16 +146,19 @@ def folder_captions(folder: Path, skipped: list[tuple[str, str]] | None = None) 
                     '{"file_name": ..., "text": ...}) or a .txt file beside each image')
 
 
-def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) -> CaptionedDataset:
+def load_image_folder(path: str | os.PathLike, *, size: int | None = None,
+                      channels: int | None = None) -> CaptionedDataset:
     """The captioned images of the folder ``path``, as (N, channels, size, size) in [0, 1] with labels 0.
 
+    ``size`` and ``channels`` (1 grey, 3 RGB) default to the folder's own (:func:`folder_format`).
     Captions come from ``metadata.jsonl`` if the folder has one, else from a ``.txt`` beside each image.
-    Skipped files are in ``dataset.skipped`` as (name, reason), and a line on stderr gives the counts.
+    Skipped files are in ``dataset.skipped`` as (name, reason), and a line on stderr gives the counts and the
+    size and colour the images were read at.
     A DataError if the folder does not exist, has neither kind of caption, or has no usable image.
     """
-    if channels not in _MODES:
+    if channels is not None and channels not in _MODES:
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
-    if size < 1:
+    if size is not None and size < 1:
         raise ConfigError(f"size must be at least 1 pixel, got {size}")
     folder = Path(path)
     if not folder.is_dir():
@@ -142,6 +166,9 @@ def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) 
                         f"with captions ({METADATA_FILE} or a .txt beside each image)")
     skipped: list[tuple[str, str]] = []
     pairs = folder_captions(folder, skipped)
+    own_size, own_channels = folder_format([folder / file_name for file_name, _ in pairs])
+    asked = {"size": size is not None, "colour": channels is not None}
+    size, channels = size or own_size, channels or own_channels
 
     images, texts = [], []
     for file_name, text in pairs:
@@ -156,7 +183,10 @@ def load_image_folder(path: str | os.PathLike, *, size: int, channels: int = 3) 
             images.append(pixels)
             texts.append(text)
 
-    report = f"read {len(images)} images with captions from {folder}; skipped {len(skipped)}"
+    origin = ("the folder's own" if not any(asked.values()) else "as asked" if all(asked.values()) else
+              ", ".join(f"{what} {'as asked' if given else 'from the folder'}" for what, given in asked.items()))
+    report = (f"read {len(images)} images with captions from {folder} at {size}x{size} "
+              f"{'grey' if channels == 1 else 'RGB'} ({origin}); skipped {len(skipped)}")
     if skipped:
         named = ", ".join(f"{name} ({reason})" for name, reason in skipped[:_NAMES_IN_SUMMARY])
         more = len(skipped) - _NAMES_IN_SUMMARY

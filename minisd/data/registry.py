@@ -45,6 +45,7 @@ def load_captioned(
     num_images: int | None = None,
     seed: int = 0,
     size: int | None = None,
+    channels: int | None = None,
 ) -> CaptionedDataset:
     """A captioned dataset: "mnist", "fashion-mnist", "shapes", or the path of a folder of images with captions.
 
@@ -53,7 +54,8 @@ def load_captioned(
     - "shapes": made on the fly, 50,000 train or 5,000 test images unless ``num_images``; the train split
       uses seed ``2 * seed`` and the test split ``2 * seed + 1``, so they never share a seed.
     - a folder: load_image_folder (``metadata.jsonl`` or a ``.txt`` beside each image); the same
-      images whatever ``split``, since a folder has no split of its own. Needs ``size``.
+      images whatever ``split``, since a folder has no split of its own; at its own size and colour unless
+      ``size`` (or ``channels``: 1 grey, 3 RGB) says otherwise.
 
     ``num_images`` keeps the first that many images; ``size`` resizes to size x size (MNIST-family
     images are measured at 28x28 first). An unknown name is a DataError.
@@ -75,9 +77,7 @@ def load_captioned(
         return CaptionedDataset(_resized(images, size or images.shape[-1]), labels, plain.classes, name, split,
                                 attributes=measure(images, labels), grammar=grammar)
     if Path(name).expanduser().is_dir() or os.sep in name or name.startswith((".", "~")):
-        if size is None:
-            raise ConfigError(f"a folder of images needs size (the model's image size) to resize {name!r} to")
-        dataset = load_image_folder(Path(name).expanduser(), size=size)
+        dataset = load_image_folder(Path(name).expanduser(), size=size, channels=channels)
         return dataset if num_images is None else dataset.subset(torch.arange(min(num_images, len(dataset))))
     raise DataError(f"unknown captioned dataset {name!r}; choose one of: {', '.join(CAPTIONED_DATASETS)}, "
                     "or give the path of a folder of images with captions")

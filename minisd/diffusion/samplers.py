@@ -25,7 +25,7 @@ The samplers of the score's view, predictor-corrector, Euler-Maruyama on the rev
 dynamics, live in :mod:`minisd.diffusion.score_samplers` and are registered here with the others; so is ``ode``, the
 probability-flow ODE solved in t by ``torchdiffeq`` (:mod:`minisd.diffusion.probability_flow`).
 
-Denoiser evaluations (NFE) per step, as in :data:`NFE_PER_STEP`: 1 for every sampler except Heun, which
+Denoiser evaluations (NFE) per step: 1 for every sampler except Heun, which
 needs 2 (but 1 on its last step to t = 0), and those whose count follows their arguments: predictor-corrector
 (1 + corrector_steps) and annealed Langevin (steps_per_level, and 1 for its final denoising). The ode sampler
 with a fixed-step ``method`` spends its stages per step (rk4: 4); with the adaptive dopri5 (its default) it spends
@@ -345,12 +345,6 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 # The samplers of the chapter "Score-based generative models" (the others are chapter 4's).
 SCORE_SAMPLERS = ("pc", "euler_maruyama", "annealed_langevin", "ode")
 
-# At each sampler's default arguments: pc's 1 + corrector_steps and annealed_langevin's steps_per_level follow
-# theirs, and num_evaluations counts with them. The ode sampler has no count per step at its default, the adaptive
-# dopri5, so it is not here.
-NFE_PER_STEP: dict[str, int] = {"ddpm": 1, "ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_2m_sde": 1,
-                               "euler_ancestral": 1, "pc": 2, "euler_maruyama": 1, "annealed_langevin": 5}
-
 # The arguments of the score samplers, checked by minisd.diffusion.score_samplers.check_score_sampler_args.
 SCORE_SAMPLER_ARGS = ("predictor", "corrector_steps", "snr", "steps_per_level", "step_size")
 
@@ -430,7 +424,7 @@ def num_evaluations(sampler: str, steps: int, **sampler_args: Any) -> int:
                               f"only after the solve (the last callback's nfe); a fixed-step method "
                               f"({', '.join(FIXED_STEP_STAGES)}) spends a number known in advance")
         return fixed_step_evaluations(args["method"], steps)
-    return NFE_PER_STEP[sampler] * steps
+    return steps  # one evaluation per step
 
 
 def _stop_if_not_finite(callback: Callback | None, sampler: str, steps: int) -> Callback:

@@ -21,8 +21,8 @@ its noisy end, where a solver would divide by alpha = 0. Clamping lambda there w
 at t = 0 (from +inf to whatever lambda(1/T) is), and the variational bound would inherit the jump.
 Instead, time is remapped onto the stretch of the closed form between the two end points, so
 lambda is finite and continuous on [0, 1] (as VDM's schedules are): at LOG_SNR_MIN = -20 the
-signal alpha_1^2 is 2e-9; at LOG_SNR_MAX = 13.3 (VDM's gamma_0) the noise sigma_0 / alpha_0 = 1.3e-3
-is a third of the gap between two 8-bit pixel levels.
+signal alpha_1^2 is 2e-9; at LOG_SNR_MAX = 13.3 (VDM's gamma_0) the noise sigma_0 / alpha_0 =
+exp(-13.3 / 2) = 1.3e-3 is a sixth of the gap between two 8-bit pixel levels on the [-1, 1] grid, 2/255 = 7.8e-3.
 """
 
 from __future__ import annotations

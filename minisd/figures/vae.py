@@ -61,6 +61,44 @@ def latent_space_figure(model: Model, dataset: ImageDataset, path: Path, count: 
     return save_figure(fig, path)
 
 
+def empty_fraction(codes: torch.Tensor, bins: int = 30) -> float:
+    """The fraction of a ``bins x bins`` grid over the codes' central 98% box that holds no code.
+
+    ``codes``: ``(N, 2)``. A measure of the gaps in a latent plane: decoding a point of an empty
+    cell asks the decoder about a code it never saw in training.
+    """
+    low, high = torch.quantile(codes, 0.01, dim=0), torch.quantile(codes, 0.99, dim=0)
+    inside = ((codes >= low) & (codes <= high)).all(1)
+    cells = ((codes[inside] - low) / (high - low) * bins).long().clamp(max=bins - 1)
+    occupied = torch.unique(cells[:, 0] * bins + cells[:, 1]).numel()
+    return 1.0 - occupied / bins**2
+
+
+def latent_planes_figure(models: dict[str, Model], dataset: ImageDataset, path: Path, count: int = 5000) -> Path:
+    """The same test images' 2-d codes under each model, side by side: ``{panel title: model}``.
+
+    The plain autoencoder's codes form islands with empty plane between them; the VAE's KL term
+    pulls them into one ball around the origin, where the N(0, I) prior puts its samples.
+    """
+    fig = Figure(figsize=(6 * len(models) + 1, 5.5))
+    axes = fig.subplots(1, len(models))
+    labels = dataset.labels[:count]
+    for ax, (title, model) in zip(axes, models.items()):
+        if model.latent_dim != 2:
+            raise ValueError(f"{title}: the latent plane needs a 2-d latent, not {model.latent_dim}-d")
+        codes = _codes(model, dataset.images[:count].to(model.device)).cpu()
+        points = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7,
+                            vmin=-0.5, vmax=len(dataset.classes) - 0.5)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+        ax.set_title(f"{title}\n{empty_fraction(codes):.0%} of the codes' central box is empty")
+    colorbar = fig.colorbar(points, ax=list(axes), ticks=range(len(dataset.classes)))
+    colorbar.ax.set_yticklabels(dataset.classes)
+    fig.suptitle(f"latent codes of the same {len(labels)} test images", y=1.04)
+    return save_figure(fig, path)
+
+
 def latent_manifold_figure(model: Model, dataset: ImageDataset, path: Path, side: int = 20) -> Path:
     """Decoded images over a grid of the 2-d latent plane, with axes in the latent coordinates z[0], z[1].
 
@@ -171,3 +209,17 @@ def make_vae_figures(model: Model, dataset: ImageDataset, out_dir: str | os.Path
         "training_curve": lambda p: training_curve_figure(Path(metrics_path), p),
     }
     return {name: makers[name](path) for name, path in paths.items()}
+
+
+@torch.no_grad()
+def make_latent_planes_figure(autoencoder: Model, vae: Model, dataset: ImageDataset, out_dir: str | os.PathLike, *,
+                              overwrite: bool = False) -> dict[str, Path]:
+    """Write ``latent_planes.png``: a 2-d autoencoder's latent plane beside a 2-d VAE's, on ``dataset``'s images.
+
+    Returns ``{"latent_planes": path}``.
+    """
+    path = check_writable(Path(out_dir) / "latent_planes.png", overwrite)
+    autoencoder.eval()
+    vae.eval()
+    models = {"plain autoencoder (reconstruction only)": autoencoder, "VAE (reconstruction + KL to N(0, I))": vae}
+    return {"latent_planes": latent_planes_figure(models, dataset, path)}

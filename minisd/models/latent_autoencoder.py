@@ -172,7 +172,7 @@ class LatentAutoencoder(Model):
           scale of its 1e-6 (a squared error in [-1, 1] is smaller than an absolute one, so the
           same weight bites harder here).
         - KL of the diagonal Gaussian q(z|x) (eq. 20) from the prior p(z) = N(0, I) (eq. 21), in
-          closed form, summed over latent elements (:func:`minisd.probability.kl_normal`).
+          closed form, summed over latent elements (:func:`minisd.distributions.kl_normal`).
 
         Logs ``loss``, ``reconstruction`` and ``kl`` (nats) per image, and ``mse``: the mean squared error
         per pixel on [0, 1] of the (clamped) reconstruction from the sampled z.

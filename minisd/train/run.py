@@ -49,16 +49,13 @@ def resume_config(run_dir: str | os.PathLike, requested: dict[str, Any] | None =
     return config
 
 
-FOLDER_IMAGE_SIZE = 32  # the side a folder of your images is resized to unless data.image_size says otherwise
-
-
 def load_captioned_split(data: dict[str, Any], split: str, data_dir: str | None):
-    """One split of a captioned dataset as the ``data`` table names it (a folder of images is resized to
-    ``image_size``, and is its own test split)."""
+    """One split of a captioned dataset as the ``data`` table names it (a folder of images is its own test split,
+    read at its own size and colour unless ``image_size`` or ``channels`` says otherwise)."""
     from minisd.data import load_captioned
 
-    size = data.get("image_size") or (None if data["dataset"] in (*DATASETS, "shapes") else FOLDER_IMAGE_SIZE)
-    return load_captioned(data["dataset"], split, data_dir=data_dir, num_images=data.get("num_images"), size=size)
+    return load_captioned(data["dataset"], split, data_dir=data_dir, num_images=data.get("num_images"),
+                          size=data.get("image_size"), channels=data.get("channels"))
 
 
 def _load_split(data: dict[str, Any], split: str, model: dict[str, Any], data_dir: str | None):

@@ -250,7 +250,7 @@ def build_page(studio: Studio):
         # Each visit looks again for models: a run trained since the server started is offered too.
         page.load(lambda: gr.Dropdown(choices=studio.refresh()), None, model, api_name=False, queue=False)
     page.queue(max_size=limits.queue_size, default_concurrency_limit=1)
-    pass  # _refuse_quietly(page) TEMP
+    _refuse_quietly(page)
     return page
 
 
