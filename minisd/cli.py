@@ -12,15 +12,13 @@ configured (:mod:`minisd.runtime`) before torch starts its thread pool.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from minisd.errors import MinisdError
-from minisd.sampler_options import SAMPLER_OPTIONS, add_sampler_option_flags, given_sampler_args
+from minisd.sampler_options import add_sampler_option_flags, given_sampler_args
 from minisd.sampler_options import non_negative_number as _non_negative_number
 
-RUNS_DIR = Path("runs")
 MAX_GRID_IMAGES = 10_000  # a 100 x 100 grid; FID and other bulk uses draw their samples without a picture
 MAX_SCATTER_POINTS = 20_000  # a score model's samples in one scatter plot
 SAMPLE_IMAGES, SAMPLE_POINTS = 64, 2000  # minisd sample's default --n: images in a grid, or 2-D points
@@ -87,96 +85,25 @@ def _add_common(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
                                                "(default: $MINISD_DATA, else a download cache)")
 
 
-FOLDER_PRESET = "text2image_folder"  # minisd train --data FOLDER without --config
-
-
-def _check_image_folder(folder: Path) -> None:
-    """``--data``: a folder that exists and holds images with captions, checked before a run folder is made
-    (cheaply: the images themselves are read, and bad ones named, when training starts)."""
-    from minisd.data.image_folder import IMAGE_SUFFIXES, METADATA_FILE
-
-    captions = f"a caption for each ({METADATA_FILE}, or a .txt beside each image)"
-    if not folder.exists():
-        raise MinisdError(f"--data {folder}: no such folder; give the folder of your images with {captions}, "
-                          f"or make an example one: minisd example-folder {folder}")
-    if not folder.is_dir():
-        raise MinisdError(f"--data {folder}: a file, not a folder; give the folder of your images with {captions}")
-    files = [path for path in folder.iterdir() if path.is_file()]
-    if not files:
-        raise MinisdError(f"--data {folder}: the folder is empty; put your images in it with {captions}")
-    if not any(path.suffix.lower() in IMAGE_SUFFIXES for path in files):
-        raise MinisdError(f"--data {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-    if not (folder / METADATA_FILE).is_file() and not any(path.suffix == ".txt" for path in files):
-        raise MinisdError(f"--data {folder}: the images have no captions; add {METADATA_FILE} (lines of "
-                          '{"file_name": ..., "text": ...}) or a .txt file beside each image')
-
-
-def _default_folder_run(folder: Path) -> Path:
-    """``minisd train --data FOLDER``'s default run folder: runs/<folder name>."""
-    return RUNS_DIR / folder.resolve().name
-
-
-def _holds(outer: Path, inner: Path) -> bool:
-    """Whether the folder ``inner`` is ``outer`` or lies inside it."""
-    outer, inner = outer.resolve(), inner.resolve()
-    return inner == outer or outer in inner.parents
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    from minisd.train import load_run_config, train_from_config
-    from minisd.train.config import apply_overrides
-    from minisd.train.distributed import is_main_process
-
-    if args.data is not None:  # sugar for --set data.dataset=FOLDER, with the folder preset
-        folder = Path(args.data)
-        _check_image_folder(folder)
-        args.set = [f"data.dataset={json.dumps(str(folder))}", *args.set]  # quoted: a folder may be named 2024
-        if not args.config and not args.resume:
-            args.config = FOLDER_PRESET
-    if args.config:
-        config = load_run_config(args.config, args.set)
-    elif args.resume:
-        config = apply_overrides({}, args.set)  # only what changes; the rest comes from the checkpoint
-    else:
-        raise MinisdError("--config is needed to start a run (a preset or a TOML file; see minisd train --help)")
-    if args.out:
-        out = Path(args.out)
-    elif args.data is not None:
-        out = _default_folder_run(Path(args.data))
-    elif args.config:
-        out = RUNS_DIR / Path(args.config).stem
-    else:
-        raise MinisdError("--resume needs --out, the run folder to continue")
-    if args.data is not None and _holds(out, Path(args.data)):
-        other = f"{_default_folder_run(Path(args.data))}-model"
-        raise MinisdError(f"the run folder {out} would hold the images of --data {args.data} (and --overwrite would "
-                          f"delete them); choose another --out, e.g. --out {other}")
-    from minisd.train.config import is_text_to_image_config
-    from minisd.train.text_to_image import RUN_CONFIG_FILE, train_text_to_image
-
-    if is_text_to_image_config(config) or (args.resume and (out / RUN_CONFIG_FILE).is_file()):
-        if args.resume and not args.config:
-            config = apply_overrides(json.loads((out / RUN_CONFIG_FILE).read_text()), args.set)
-        train_text_to_image(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
-                            device=args.device, progress=not args.no_progress,
-                            command=" ".join(["minisd", *map(_shell_quote, sys.argv[1:])]))
-        if is_main_process():
-            from minisd.eval.model_card import write_model_card
-
-            print(f"model card: {write_model_card(out, data_dir=args.data_dir)}")
-        return
-    result = train_from_config(config, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
-                               device=args.device, progress=not args.no_progress)
-    if is_main_process():
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items())
-        print(f"trained {result['step']} steps in {result['seconds']:.0f} s; test: {summary}")
-        print(f"checkpoint: {out / 'checkpoint'}   metrics: {out / 'metrics.jsonl'}")
-
-
-def _shell_quote(word: str) -> str:
     import shlex
 
-    return shlex.quote(word)
+    from minisd.train import run_training
+    from minisd.train.distributed import is_main_process
+
+    run = run_training(args.config, args.set, data=args.data, out=args.out, resume=args.resume,
+                       overwrite=args.overwrite, data_dir=args.data_dir, device=args.device,
+                       progress=not args.no_progress, command=shlex.join(["minisd", *sys.argv[1:]]))
+    if not is_main_process():
+        return
+    if run.text_to_image:
+        from minisd.eval.model_card import write_model_card
+
+        print(f"model card: {write_model_card(run.out, data_dir=args.data_dir)}")
+        return
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in run.result["eval"].items())
+    print(f"trained {run.result['step']} steps in {run.result['seconds']:.0f} s; test: {summary}")
+    print(f"checkpoint: {run.out / 'checkpoint'}   metrics: {run.out / 'metrics.jsonl'}")
 
 
 def _load(args: argparse.Namespace):
@@ -186,31 +113,10 @@ def _load(args: argparse.Namespace):
     return minisd.load(args.checkpoint, ema=not args.raw_weights, device=resolve_device(args.device))
 
 
-def _run_dir(checkpoint: str) -> Path:
-    path = Path(checkpoint)
-    return path.parent if path.name == "checkpoint" else path
-
-
-def _sampler_flags(args: argparse.Namespace) -> list[str]:
-    """The sampler options given on the command line (those of :func:`_add_sampler_options`), as their flags."""
-    return [*_given_options(args, ("sampler", "steps", "spacing")),
-            *(option.flag for option in SAMPLER_OPTIONS if getattr(args, option.name) is not None)]
-
-
-def _sampler_args(args: argparse.Namespace, model) -> dict:
-    """The diffusion sampler options given on the command line (those of :func:`_add_sampler_options`), checked
-    against the sampler (the model's, unless --sampler) before any work."""
-    sampler_args = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("spacing", args.spacing))
-                    if v is not None}
-    own_args = given_sampler_args(args)
-    if (sampler_args or own_args) and not model.has_samplers:
-        raise MinisdError(f"a {model.model_type} samples in one step: {', '.join(_sampler_flags(args))} "
-                          f"are for diffusion models")
-    if model.has_samplers:
-        from minisd.diffusion.samplers import check_sampler_args
-
-        check_sampler_args(sampler_args.get("sampler", model.sampler), **own_args)
-    return {**sampler_args, **own_args}
+def _given_sampler_args(args: argparse.Namespace) -> dict:
+    """The sampler options given on the command line (those of :func:`_add_sampler_options`), by argument name."""
+    given = {name: getattr(args, name) for name in ("sampler", "steps", "spacing") if getattr(args, name) is not None}
+    return {**given, **given_sampler_args(args)}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -218,13 +124,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from minisd.images import IMAGE_SUFFIXES, save_image_grid, save_point_scatter
     from minisd.outputs import check_writable
-    from minisd.sampling import draw_samples
+    from minisd.models.files import run_folder
+    from minisd.sampling import checked_sampler_args, draw_samples
 
     if args.n is not None and args.n > max(MAX_GRID_IMAGES, MAX_SCATTER_POINTS):
         raise MinisdError(f"--n {args.n} is more than one picture should hold (at most {MAX_GRID_IMAGES} images, or "
                           f"{MAX_SCATTER_POINTS} points); FID draws many samples without a picture: "
                           f"minisd eval RUN --fid-classifier ...")
-    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "samples" / f"seed{args.seed}.png"
+    out = Path(args.out) if args.out else run_folder(args.checkpoint) / "samples" / f"seed{args.seed}.png"
     check_writable(out, args.overwrite, suffixes=IMAGE_SUFFIXES, what="image")  # before the work, not after
     model = _load(args)
     if not hasattr(model, "can_sample"):  # a text-to-image pipeline
@@ -237,7 +144,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if not points and n > MAX_GRID_IMAGES:
         raise MinisdError(f"--n {n} is more images than one grid should hold (at most {MAX_GRID_IMAGES}); "
                           f"FID draws many samples without a picture: minisd eval RUN --fid-classifier ...")
-    sampler_args = _sampler_args(args, model)
+    sampler_args = checked_sampler_args(model, _given_sampler_args(args))
     if points:
         from minisd.eval.report import POINT_BATCH  # the batches of minisd eval: the same seed, the same samples
 
@@ -254,221 +161,35 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(save_image_grid(images, out, overwrite=args.overwrite))
 
 
-def _given_options(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
-    """The command-line spellings of the options among ``names`` (attribute names) that were given."""
-    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
-
-
-def _eval_text_to_image(args: argparse.Namespace, folder: Path) -> None:
-    """Prompt adherence of a text-to-image model (see :func:`minisd.eval.report.evaluate_text_to_image`)."""
-    import minisd
-    from minisd.eval.report import BATCH_SIZE, check_adherence_request, evaluate_text_to_image, write_results
-    from minisd.runtime import resolve_device
-
-    unsupported = _given_options(args, ("fid_classifier", "fid_samples", "num_samples", "bound_steps",
-                                        "skip_likelihood", "limit", "spacing", "raw_weights", "likelihood", "points"))
-    sampler_args = given_sampler_args(args)
-    dataset = check_adherence_request(folder, classifier=args.classifier, json_path=args.json,
-                                      overwrite=args.overwrite, unsupported_options=unsupported, sampler=args.sampler,
-                                      steps=args.steps, **sampler_args)
-    pipe = minisd.load(args.checkpoint, device=resolve_device(args.device))
-    results = evaluate_text_to_image(
-        pipe, dataset, args.classifier, samples_per_prompt=args.samples_per_prompt, steps=args.steps,
-        guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, batch_size=args.batch_size or BATCH_SIZE,
-        data_dir=args.data_dir, progress=not args.no_progress, **sampler_args)
-    write_results(results, args.json)
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
-    from minisd.eval.report import check_eval_request, evaluate_checkpoint, text_to_image_folder, write_results
-    from minisd.models.files import read_checkpoint_config
+    from minisd.eval.report import evaluate
 
-    folder = text_to_image_folder(args.checkpoint)
-    if folder is not None:
-        _eval_text_to_image(args, folder)
-        return
-    adherence_options = _given_options(args, ("classifier", "samples_per_prompt", "guidance"))
-    if adherence_options:
-        raise MinisdError(f"{', '.join(adherence_options)}: for text-to-image models (prompt adherence); "
-                          f"{args.checkpoint} is not one (for FID pass --fid-classifier)")
-    config = read_checkpoint_config(args.checkpoint)
-    if config["model"].get("type") == "latent_diffusion":
-        run = Path(args.checkpoint).resolve()
-        run = run.parent.parent if run.name == "checkpoint" else run.parent
-        raise MinisdError(f"{args.checkpoint} is the UNet stage of a text-to-image run; evaluate the whole model: "
-                          f"minisd eval {run} --classifier ...")
-    if config["model"].get("type") == "score":
-        _eval_score_model(args, config)
-        return
-    if args.points is not None:
-        raise MinisdError(f"--points: the samples of a score model's two-sample test; {args.checkpoint} is not one "
-                          f"(for FID pass --fid-classifier and --fid-samples)")
-    from minisd.eval.report import BATCH_SIZE, FID_SAMPLES
-
-    fid_samples = args.fid_samples or FID_SAMPLES
-    check_eval_request(config, checkpoint=args.checkpoint, fid_classifier=args.fid_classifier,
-                       fid_samples=fid_samples, bound_steps=args.bound_steps, sampler_options=_sampler_flags(args),
-                       json_path=args.json, overwrite=args.overwrite, data_dir=args.data_dir,
-                       likelihood=args.likelihood or "bound", num_samples=args.num_samples)
-    model = _load(args)
-    results = evaluate_checkpoint(
-        model, config, checkpoint=args.checkpoint, split=args.split, num_samples=args.num_samples,
-        bound_steps=args.bound_steps, fid_classifier=args.fid_classifier, fid_samples=fid_samples,
-        sampler_args=_sampler_args(args, model) if args.fid_classifier else None,
-        skip_likelihood=args.skip_likelihood, limit=args.limit, batch_size=args.batch_size or BATCH_SIZE,
-        seed=args.seed, data_dir=args.data_dir, progress=not args.no_progress, likelihood=args.likelihood or "bound")
-    write_results(results, args.json)
-
-
-def _eval_score_model(args: argparse.Namespace, config: dict) -> None:
-    """Exact likelihood and two-sample statistics of a score model (see
-    :func:`minisd.eval.report.evaluate_score_model`)."""
-    from minisd.eval.report import (POINT_BATCH, POINTS, check_score_eval_request, evaluate_score_model,
-                                    write_results)
-
-    points = args.points or POINTS
-    check_score_eval_request(config, checkpoint=args.checkpoint, points=points, likelihood=args.likelihood,
-                             unsupported_options=_given_options(args, ("fid_classifier", "fid_samples", "num_samples",
-                                                                       "bound_steps")),
-                             json_path=args.json, overwrite=args.overwrite)
-    model = _load(args)
-    results = evaluate_score_model(model, config, checkpoint=args.checkpoint, split=args.split, points=points,
-                                   sampler_args=_sampler_args(args, model), skip_likelihood=args.skip_likelihood,
-                                   limit=args.limit, batch_size=args.batch_size or POINT_BATCH, seed=args.seed,
-                                   progress=not args.no_progress)
-    write_results(results, args.json)
-
-
-# Which model types each chapter's figures draw.
-FIGURE_MODELS = {"vae": ("vae", "autoencoder", "hvae"), "autoencoder": ("autoencoder", "vae", "hvae"),
-                 "latent-planes": ("autoencoder",), "diffusion": ("diffusion",), "score": ("score",)}
-
-
-def _text_to_image_figures(args: argparse.Namespace) -> dict:
-    """``minisd figures text-to-image [MODEL]``: the prompt grid, attention maps and editing figures."""
-    import minisd
-    from minisd.figures.text_to_image import make_text_to_image_figures
-    from minisd.generate import model_path
-    from minisd.outputs import check_writable
-    from minisd.pipelines import TextToImagePipeline
-    from minisd.runtime import resolve_device
-
-    folder = model_path(args.checkpoint)
-    out = Path(args.out) if args.out else Path("figures/text_to_image")
-    for name in ("prompt_grid", "attention", "editing"):  # before the work
-        check_writable(out / f"{name}.png", args.overwrite, suffixes=(".png",), what="figure")
-    prompts = _folder_model_prompts(folder)
-    pipe = minisd.load(folder, device=resolve_device(args.device))
-    if not isinstance(pipe, TextToImagePipeline):
-        raise MinisdError(f"{folder} is not a text-to-image model; minisd figures text-to-image draws one")
-    return make_text_to_image_figures(pipe, out, seed=args.seed, prompts=prompts)
-
-
-def _folder_model_prompts(folder: Path) -> list[str] | None:
-    """Prompts from the captions of the folder of images a text-to-image model was trained on; None for a model of
-    mnist or shapes (the figures have prompts of their own), or for what is not a text-to-image model."""
-    from minisd.eval.report import text_to_image_dataset, text_to_image_folder
-    from minisd.figures.text_to_image import folder_prompts
-    from minisd.eval.model_card import is_folder_dataset
-
-    model_folder = text_to_image_folder(folder)
-    if model_folder is None:
-        return None
-    try:
-        dataset = text_to_image_dataset(model_folder)
-    except MinisdError:  # a model folder from before the index named its data
-        return None
-    return folder_prompts(dataset) if is_folder_dataset(dataset) else None
-
-
-def _latent_planes_figure(args: argparse.Namespace) -> dict:
-    """``minisd figures latent-planes AUTOENCODER``: its 2-d latent plane beside the shipped vae2d's, on the
-    autoencoder's test images."""
-    import minisd
-    from minisd.eval.report import evaluation_set
-    from minisd.figures.vae import make_latent_planes_figure
-    from minisd.generate import model_path
-    from minisd.models.files import read_checkpoint_config
-
-    if not args.checkpoint:
-        raise MinisdError("minisd figures latent-planes needs a 2-d autoencoder: "
-                          "minisd figures latent-planes runs/autoencoder2d")
-    config = read_checkpoint_config(args.checkpoint)
-    dataset = evaluation_set(config, "test", checkpoint=args.checkpoint, data_dir=args.data_dir)
-    vae_path = model_path("vae2d")
-    out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "figures"
-    return make_latent_planes_figure(_load(args), minisd.load(vae_path), dataset, out, overwrite=args.overwrite)
+    evaluate(args.checkpoint, split=args.split, num_samples=args.num_samples, bound_steps=args.bound_steps,
+             likelihood=args.likelihood, fid_classifier=args.fid_classifier, fid_samples=args.fid_samples,
+             points=args.points, skip_likelihood=args.skip_likelihood, limit=args.limit, classifier=args.classifier,
+             samples_per_prompt=args.samples_per_prompt, guidance=args.guidance, sampler=args.sampler,
+             steps=args.steps, spacing=args.spacing, sampler_args=given_sampler_args(args),
+             batch_size=args.batch_size, json_path=args.json, overwrite=args.overwrite, raw_weights=args.raw_weights,
+             seed=args.seed, device=args.device, data_dir=args.data_dir, progress=not args.no_progress)
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from minisd.models.files import read_checkpoint_config
+    from minisd.figures.chapters import make_figures
 
-    if args.chapter == "text-to-image":
-        for name, path in _text_to_image_figures(args).items():
-            print(f"{name}: {path}")
-        return
-    config = read_checkpoint_config(args.checkpoint) if args.checkpoint else None
-    if config is not None and config["model"].get("type") not in FIGURE_MODELS.get(args.chapter, ()):
-        kind = config["model"].get("type")
-        fits = [chapter for chapter, types in FIGURE_MODELS.items() if kind in types]
-        raise MinisdError(f"{args.checkpoint} holds a {kind} model, not one that minisd figures {args.chapter} "
-                          f"draws" + (f"; use: minisd figures {fits[0]} {args.checkpoint}" if fits else ""))
-    if args.chapter == "probability":
-        from minisd.figures.probability import make_probability_figures
-
-        out = Path(args.out or "figures/probability")
-        paths = make_probability_figures(out, seed=args.seed, overwrite=args.overwrite)
-    elif args.chapter == "latent-planes":
-        paths = _latent_planes_figure(args)
-    elif args.chapter == "diffusion":
-        from minisd.data import load_dataset
-        from minisd.figures.diffusion import make_diffusion_figures
-
-        dataset = config.get("data", {}).get("dataset", "mnist") if config else "mnist"
-        try:
-            image = load_dataset(dataset, "test", data_dir=args.data_dir).images[0]
-        except MinisdError:
-            image = load_dataset("digits", "test").images[0]
-        out = Path(args.out) if args.out else (_run_dir(args.checkpoint) / "figures" if args.checkpoint
-                                                else Path("figures/diffusion"))
-        paths = make_diffusion_figures(out, model=_load(args) if args.checkpoint else None, image=image,
-                                       seed=args.seed, overwrite=args.overwrite)
-    elif args.chapter == "score":
-        from minisd.data.toys import TOYS
-        from minisd.figures.score import make_score_figures
-
-        toy = config.get("data", {}).get("dataset") if config else "gmm"
-        if toy not in TOYS:
-            raise MinisdError(f"{args.checkpoint} was trained on {toy}; the score figures draw a model of a 2-D toy "
-                              f"({', '.join(TOYS)})")
-        out = Path(args.out) if args.out else (_run_dir(args.checkpoint) / "figures" if args.checkpoint
-                                                else Path("figures/score"))
-        # Without a checkpoint a small model is trained on the gmm toy first (about 15 s), with a progress bar.
-        paths = make_score_figures(out, model=_load(args) if args.checkpoint else None, toy=toy, seed=args.seed,
-                                   overwrite=args.overwrite, progress=not args.checkpoint)
-    else:
-        if not args.checkpoint:
-            raise MinisdError(f"minisd figures {args.chapter} needs a checkpoint: minisd figures {args.chapter} runs/vae2d")
-        from minisd.figures.vae import make_vae_figures
-
-        from minisd.eval.report import evaluation_set
-
-        dataset = evaluation_set(config, "test", checkpoint=args.checkpoint, data_dir=args.data_dir)
-        out = Path(args.out) if args.out else _run_dir(args.checkpoint) / "figures"
-        paths = make_vae_figures(_load(args), dataset, out, metrics_path=_run_dir(args.checkpoint) / "metrics.jsonl",
-                                 seed=args.seed, overwrite=args.overwrite)
+    paths = make_figures(args.chapter, args.checkpoint, out=args.out, seed=args.seed, raw_weights=args.raw_weights,
+                         overwrite=args.overwrite, device=args.device, data_dir=args.data_dir)
     for name, path in paths.items():
         print(f"{name}: {path}")
 
 
 def cmd_example_folder(args: argparse.Namespace) -> None:
     from minisd.data.example_folder import EXAMPLE_IMAGES, write_example_folder
+    from minisd.train.command import folder_train_command
 
     n = EXAMPLE_IMAGES if args.n is None else args.n
     folder = write_example_folder(args.out, n=n, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {n} captioned 32x32 pictures and {folder / 'metadata.jsonl'} to {folder}")
-    out = f" --out {_default_folder_run(folder)}-model" if _holds(_default_folder_run(folder), folder) else ""
-    print(f"next, train a text-to-image model on them: minisd train --data {_shell_quote(str(folder))}{out}")
+    print(f"next, train a text-to-image model on them: {folder_train_command(folder)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -490,7 +211,8 @@ def _add_sampler_options(parser: argparse.ArgumentParser, purpose: str = "") -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minisd.configs import list_presets
+    from minisd.configs import FOLDER_PRESET, list_presets
+    from minisd.figures import CHAPTERS
     from minisd.version import __version__
 
     parser = _Parser(prog="minisd", description="Stable Diffusion built from first principles.")
@@ -576,8 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     figures = commands.add_parser("figures", help="write a chapter's figures",
                                   description="Write a chapter's figures as PNG files.")
-    figures.add_argument("chapter", choices=["probability", "vae", "autoencoder", "latent-planes", "diffusion",
-                                             "score", "text-to-image"])
+    figures.add_argument("chapter", choices=CHAPTERS)
     figures.add_argument("checkpoint", nargs="?", help="trained model (vae / autoencoder: required; "
                                                        "latent-planes: a 2-d autoencoder, drawn beside "
                                                        "the shipped vae2d; "

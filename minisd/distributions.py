@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from minisd import batch_rows
+
 LOG_TWO_PI = math.log(2.0 * math.pi)
 
 
@@ -37,7 +39,8 @@ def sample_normal(
     Returns shape ``(num_samples, *broadcast(mean, logvar).shape)``.
     """
     shape = (num_samples, *torch.broadcast_shapes(mean.shape, logvar.shape))
-    noise = torch.randn(shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    # The examples run along dimension 1: under torchrun each process draws its own examples' noise.
+    noise = batch_rows.randn(shape, batch_dim=1, generator=generator, dtype=mean.dtype, device=mean.device)
     return mean + (0.5 * logvar).exp() * noise
 
 

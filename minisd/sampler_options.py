@@ -89,3 +89,10 @@ def flags_of(sampler_args: dict[str, Any]) -> list[str]:
     """The flags that give ``sampler_args``: ``["--ode-method", "rk4"]`` for ``{"method": "rk4"}``."""
     flag = {option.name: option.flag for option in SAMPLER_OPTIONS}
     return [word for name, value in sampler_args.items() for word in (flag[name], str(value))]
+
+
+def given_flags(sampler_args: dict[str, Any]) -> list[str]:
+    """The flags that gave ``sampler_args`` (``sampler``, ``steps``, ``spacing`` and the samplers' own), without
+    their values: ``["--steps", "--ode-method"]`` for ``{"steps": 10, "method": "rk4"}``."""
+    flag = {option.name: option.flag for option in SAMPLER_OPTIONS}
+    return [flag.get(name, f"--{name}") for name in sampler_args]

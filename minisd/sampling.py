@@ -11,7 +11,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from minisd.diffusion.samplers import check_sampler_args
+from minisd.errors import MinisdError
 from minisd.models import Model
+from minisd.sampler_options import given_flags
 
 BATCH_SIZE = 250  # images per call of model.sample: bounded memory for any n
 
@@ -48,3 +51,16 @@ def draw_samples(model: Model, n: int, *, generator: torch.Generator | None = No
             if not model.has_samplers:
                 bar.update(size)
     return torch.cat(batches)
+
+
+def checked_sampler_args(model: Model, sampler_args: dict[str, Any]) -> dict[str, Any]:
+    """``sampler_args`` (``sampler``, ``steps``, ``spacing`` and the sampler's own, as given), checked against the
+    model before any work: a model without samplers takes none, and a diffusion model's sampler (its own, unless
+    ``sampler``) must accept its own arguments."""
+    if sampler_args and not model.has_samplers:
+        raise MinisdError(f"a {model.model_type} samples in one step: {', '.join(given_flags(sampler_args))} "
+                          f"are for diffusion models")
+    if model.has_samplers:
+        own_args = {k: v for k, v in sampler_args.items() if k not in ("sampler", "steps", "spacing")}
+        check_sampler_args(sampler_args.get("sampler", model.sampler), **own_args)
+    return sampler_args

@@ -128,7 +128,7 @@ def test_resume_reads_the_saved_config_and_extends_only_the_steps(trained_run, t
 def test_probability_figures_from_cli_refuse_to_overwrite(tmp_path, capsys):
     assert main(["figures", "probability", "--out", str(tmp_path)]) == 0
     written = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
-    assert len(written) == 5
+    assert len(written) == 8
     assert "already exists" in error_of(capsys, ["figures", "probability", "--out", str(tmp_path)])
     assert written == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
 

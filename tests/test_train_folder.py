@@ -89,11 +89,13 @@ def test_train_data_trains_all_three_stages_into_runs_folder_name(folder_run):
     for stage in ("autoencoder", "text_encoder", "unet"):
         assert json.loads((run / stage / "checkpoint" / "config.json").read_text())["step"] == 2
     index = json.loads((run / "model" / "model_index.json").read_text())
-    assert index["data"]["dataset"] == "pictures" and index["data"]["image_size"] == 32
+    # No data.image_size: the pictures were read at the folder's own 32x32 RGB.
+    assert index["data"]["dataset"] == "pictures" and index["data"]["image_size"] is None
+    assert index["model"]["image_shape"] == [3, 32, 32]
     saved = json.loads((run / "text2image.json").read_text())
     assert saved["unet"]["model"]["unet"]["prediction"] == "v"  # the text2image_folder preset
     card = (run / "model" / "README.md").read_text()
-    assert "Trained on the folder `pictures`: 16 images" in card
+    assert "Trained on the folder `pictures`: 16 images with captions, each read at 32x32 RGB." in card
     assert "no test split" in card and "held-out caption templates" not in card
     assert set(json.loads((run / "timings.json").read_text())[0]["seconds"]) == {"autoencoder", "text_encoder", "unet"}
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+FOLDER_PRESET = "text2image_folder"  # the preset of minisd train --data FOLDER without --config
+
 
 def preset_path(name: str) -> Path:
     """The TOML file of a preset shipped with minisd (``minisd/configs/NAME.toml``)."""

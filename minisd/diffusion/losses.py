@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from minisd import batch_rows
 from minisd.diffusion.denoiser import NetworkDenoiser, expand_like
 from minisd.diffusion.parameterisation import from_x0
 
@@ -39,7 +40,8 @@ def sample_times(batch_size: int, device: torch.device, generator: torch.Generat
     Each batch covers [0, 1] evenly, which lowers the variance of the loss at no cost.
     """
     offset = torch.rand((), generator=generator, device=device)
-    return (offset + torch.arange(batch_size, device=device) / batch_size) % 1.0
+    positions, total = batch_rows.batch_positions(batch_size, device)  # the whole batch's, under torchrun too
+    return (offset + positions / total) % 1.0
 
 
 def prediction_error_factor(kind: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,7 @@ def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: st
     t = sample_times(len(x0), x0.device, generator)
     if noise_levels is not None:
         t = noise_ladder_times(t, noise_levels)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    eps = batch_rows.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     log_snr = denoiser.schedule.log_snr(t)
     alpha, sigma = (expand_like(v, x0) for v in denoiser.schedule.alpha_sigma(t))
     x_t = alpha * x0 + sigma * eps
@@ -140,12 +142,12 @@ def diffusion_term(denoiser, x0: torch.Tensor, *, num_steps: int | None = None, 
         t = denoiser.schedule.time_at_log_snr(log_snr.detach())
         weight = 0.5 * (log_snr_max - log_snr_min) * log_snr.exp()
     else:
-        step = (torch.randint(1, num_steps + 1, (batch,), generator=generator, device=x0.device) if step is None
+        step = (batch_rows.randint(1, num_steps + 1, (batch,), generator=generator, device=x0.device) if step is None
                 else torch.full((batch,), step, device=x0.device))
         t, s = step.to(x0.dtype) / num_steps, (step - 1).to(x0.dtype) / num_steps
         schedule = denoiser.schedule
         weight = num_steps * 0.5 * (schedule.log_snr(s).exp() - schedule.log_snr(t).exp())
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    eps = batch_rows.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = (expand_like(v, x0) for v in denoiser.schedule.alpha_sigma(t))
     x0_pred = denoiser(alpha * x0 + sigma * eps, t, cond)
     return weight * (x0 - x0_pred).square().flatten(1).sum(1)

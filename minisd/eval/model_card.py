@@ -49,9 +49,10 @@ def model_card(run_dir: Path, timings: list[dict[str, Any]], held_out: dict[str,
     data = read_checkpoint_config(run_dir / "unet")["data"]
     folder = is_folder_dataset(data["dataset"])
     lines = [f"# {run_dir.resolve().name}", "", "A minisd text-to-image model (chapter \"Stable Diffusion\").", ""]
-    if folder:
+    if folder:  # read at the folder's own size and colour unless the run said otherwise: the model's shape says
+        channels, height, width = read_checkpoint_config(run_dir / "autoencoder")["model"]["image_shape"]
         lines += [f"Trained on the folder `{data['dataset']}`: {held_out['autoencoder']['num_images']} images with "
-                  f"captions, each resized to {data.get('image_size')}x{data.get('image_size')}.", ""]
+                  f"captions, each read at {width}x{height} {'grey' if channels == 1 else 'RGB'}.", ""]
     lines += ["## How it was trained", "", "Each command run on the training folder, and the time each stage took:", ""]
     total = sum(sum(t["seconds"].values()) for t in timings)
     for timing in timings:

@@ -34,6 +34,7 @@ from torch import nn
 from minisd.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPES, SIZES
 from minisd.models.base import Model
 from minisd.nn.conv import conv_stage
+from minisd.nn.dropout import Dropout
 
 IGNORE = -100  # a target a prompt does not set (it does not say the size): never scored (F.cross_entropy's too)
 OBJECT_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "size": SIZES}
@@ -102,7 +103,7 @@ class AttributeClassifier(Model):
         self.convolutions = nn.Sequential(*(conv_stage(n_in, n_out) for n_in, n_out in zip(widths, widths[1:])),
                                           nn.Flatten())
         self.penultimate = nn.Sequential(nn.Linear(channels[-1] * bottom_side**2, hidden), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)  # after the features, so features() is the same in train and eval mode
+        self.dropout = Dropout(dropout)  # after the features, so features() is the same in train and eval mode
         self.heads = nn.ModuleDict({head: nn.Linear(hidden, len(names)) for head, names in HEAD_CLASSES.items()})
 
     @property

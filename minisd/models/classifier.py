@@ -20,6 +20,7 @@ from torch import nn
 
 from minisd.models.base import Model
 from minisd.nn.conv import conv_stage
+from minisd.nn.dropout import Dropout
 
 
 class Classifier(Model):
@@ -50,7 +51,7 @@ class Classifier(Model):
                                           nn.Flatten())
         self.penultimate = nn.Sequential(nn.Linear(channels[-1] * bottom_side**2, hidden), nn.ReLU())
         # Dropout sits after the features, so features() is the same in train and eval mode.
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(Dropout(dropout), nn.Linear(hidden, num_classes))
 
     @property
     def num_features(self) -> int:

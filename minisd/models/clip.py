@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minisd import batch_rows
 from minisd.errors import CheckpointError, ConfigError
 from minisd.models.base import Model
 from minisd.nn.conv import conv_stage
@@ -159,12 +160,19 @@ class ContrastiveTextImage(Model):
         (:class:`~minisd.text.LayoutDecoder`): the tokens must also say where each thing is, and what it is.
         """
         ids, tokens, mask = self._tokens(list(batch["caption"]))
-        logits = self.logit_scale * self.image_embedding(batch["image"]) @ self._project_text(tokens, mask).T
-        targets = torch.arange(len(logits), device=logits.device)
-        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        images, captions = self.image_embedding(batch["image"]), self._project_text(tokens, mask)
+        # Under torchrun each process scores its own images and captions against the whole batch's, so that the
+        # averaged gradients are one process's (see minisd.batch_rows.gather); with one process, all are its own.
+        all_images, first = batch_rows.gather(images)
+        all_captions, _ = batch_rows.gather(captions)
+        all_ids, _ = batch_rows.gather(ids)
+        image_logits = self.logit_scale * images @ all_captions.T      # (B, B_all): image i against every caption
+        caption_logits = self.logit_scale * captions @ all_images.T    # (B, B_all): caption j against every image
+        targets = first + torch.arange(len(images), device=images.device)
+        loss = (F.cross_entropy(image_logits, targets) + F.cross_entropy(caption_logits, targets)) / 2
         # In-batch caption-to-image accuracy: the best-scoring image carries the caption's content.
-        same_caption = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # (B, B)
-        accuracy = same_caption[targets, logits.T.argmax(dim=1)].double().mean()
+        same_caption = (ids[:, None, :] == all_ids[None, :, :]).all(dim=-1)  # (B, B_all)
+        accuracy = same_caption.gather(1, caption_logits.argmax(dim=1, keepdim=True)).double().mean()
         metrics = {"accuracy": accuracy.item(), "temperature": 1 / self.logit_scale.item()}
         if self.layout_decoder is not None:
             layout_error = self.layout_decoder.loss(tokens, mask, batch["image"])

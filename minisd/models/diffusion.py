@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from minisd import batch_rows
 from minisd.diffusion import NetworkDenoiser, build_schedule
 from minisd.diffusion.denoiser import ClippedDenoiser
 from minisd.diffusion.likelihood import prior_term, reconstruction_term, variational_bound
@@ -117,7 +118,7 @@ class DiffusionModel(Model):
         ``p_uncond``, so one network learns both p(x | y) and p(x), which classifier-free guidance combines."""
         if cond is None or self.p_uncond == 0 or "label" not in cond:
             return cond
-        dropped = torch.rand(n, device=cond["label"].device) < self.p_uncond
+        dropped = batch_rows.bernoulli(self.p_uncond, (n,), device=cond["label"].device)
         return {**cond, "label": torch.where(dropped, self.num_classes, cond["label"])}
 
     def loss_on(self, x0: torch.Tensor, cond: dict[str, torch.Tensor] | None) -> torch.Tensor:

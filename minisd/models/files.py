@@ -87,6 +87,13 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def run_folder(checkpoint: str | os.PathLike) -> Path:
+    """The run folder of ``checkpoint`` as a user names it (the run itself, or its ``checkpoint/``), where the
+    commands put what they make of it by default (samples, figures)."""
+    path = Path(checkpoint)
+    return path.parent if path.name == CHECKPOINT_DIR else path
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     file = folder / "config.json"
     try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from minisd import batch_rows
 from minisd.models.base import Model
 from minisd.models.clip import ContrastiveTextImage
 from minisd.models.diffusion import DiffusionModel
@@ -110,7 +111,7 @@ class LatentDiffusion(Model):
 
     def drop_captions(self, captions: list[str]) -> list[str]:
         """Conditioning dropout (Ho & Salimans 2022): each caption becomes "" with probability ``p_uncond``."""
-        dropped = torch.rand(len(captions)) < self.p_uncond
+        dropped = batch_rows.bernoulli(self.p_uncond, (len(captions),))
         return ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
 
     def latents(self, batch: dict[str, Any]) -> torch.Tensor:

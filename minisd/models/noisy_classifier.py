@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minisd import batch_rows
 from minisd.diffusion import build_schedule, expand_like
 from minisd.diffusion.losses import sample_times
 from minisd.models.base import Model
@@ -86,7 +87,7 @@ class NoisyClassifier(Model):
         x0 = to_model_range(images)
         t = sample_times(len(x0), x0.device, generator)
         alpha, sigma = (expand_like(value, x0) for value in self.schedule.alpha_sigma(t))
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = batch_rows.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return alpha * x0 + sigma * noise, t
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from minisd.nn.attention import SpatialAttention, zero_init
+from minisd.nn.dropout import Dropout
 from minisd.nn.embeddings import TimeEmbedding
 
 Conditioning = torch.Tensor | Mapping[str, torch.Tensor | None] | None
@@ -50,7 +51,7 @@ class ResidualBlock(nn.Module):
         # a feature is used; they found it better than adding. 1 + scale: a zero scale changes nothing.
         self.embedding_to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(embedding_dim, 2 * out_channels))
         self.out_norm = nn.GroupNorm(groups, out_channels)
-        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(nn.SiLU(), Dropout(dropout),
                                         zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 

@@ -47,20 +47,22 @@ def shipped_models() -> dict[str, Path]:
 def resolve_model(name_or_path: str | os.PathLike | None) -> ModelLocation:
     """The :class:`ModelLocation` a name or path means (see the module docstring); None means the default model.
     Anything else is one :class:`ConfigError` that names the shipped models."""
-    given = DEFAULT_MODEL if name_or_path is None else name_or_path
+    given = str(DEFAULT_MODEL if name_or_path is None else name_or_path)
     path = Path(given)
     if not path.exists():
         shipped = shipped_models()
-        if str(given) not in shipped:
-            raise ConfigError(f"no model {str(given)!r}: not a folder, and not one of the shipped models "
-                              f"{sorted(shipped)}")
-        path = shipped[str(given)]
+        if given in shipped:
+            path = shipped[given]
+        elif os.sep in given or given.startswith((".", "~")):  # a path, not a name: say it is missing
+            raise CheckpointError(f"{given} is not a minisd checkpoint: there is no such folder")
+        else:
+            raise ConfigError(f"no model {given!r}: not a folder, and not one of the shipped models {sorted(shipped)}")
     for folder in (path, path / RUN_MODEL_FOLDER):
         if is_model_folder(folder):
             return ModelLocation(folder, path.resolve().name, True)
     checkpoint = find_checkpoint(path)
     if checkpoint is None:
-        raise CheckpointError(f"{path} is not a minisd model: expected a model folder (model_index.json), a "
+        raise CheckpointError(f"{path} is not a minisd checkpoint: expected a model folder (model_index.json), a "
                               f"saved model or checkpoint (config.json), or a run folder holding one")
     return ModelLocation(checkpoint, path.resolve().name, False)
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from minisd.nn import MultiHeadAttention, mlp, zero_init
+from minisd.nn.dropout import Dropout
 
 
 class TransformerBlock(nn.Module):
@@ -24,7 +25,7 @@ class TransformerBlock(nn.Module):
         # SiLU stands in for the usual GELU, which minisd.nn.mlp does not offer; the two are near-identical.
         self.feed_forward = mlp([dim, mlp_ratio * dim, dim], activation="silu")
         zero_init(self.feed_forward[-1])
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``tokens: (B, L, dim)``, ``mask: (B, L)`` bool (True = real) -> ``(B, L, dim)``."""

@@ -1,10 +1,12 @@
-"""The few pieces of torch.distributed the training loop needs (torchrun sets RANK and WORLD_SIZE)."""
+"""The few pieces of torch.distributed that training needs (torchrun sets RANK and WORLD_SIZE): the loop's
+DDP, and the text-to-image command's decisions taken once, by rank 0, for every rank."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist

@@ -2,9 +2,13 @@
 
 Reproducibility is built in, not bolted on: the data order of each epoch and all the
 randomness of each step (dynamic binarisation, the VAE's noise, ...) are seeded from
-``(seed, epoch)`` and ``(seed, step, rank)``. Resuming therefore needs only the weights, the
+``(seed, epoch)`` and ``(seed, step)``. Resuming therefore needs only the weights, the
 EMA, the optimizer state and the step count, and on CPU a resumed run ends with the same
 bits as one that never stopped.
+
+Under torchrun every process builds the step's whole batch (its captions and binarisation drawn as one process
+draws them), keeps its own rows, and draws its examples' noise through :mod:`minisd.batch_rows`: each example
+meets the random numbers it would meet in a one-process run, so N processes train the model one process does.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from minisd import batch_rows
 from minisd.data import ImageDataset, binarize, binarized_once
 from minisd.data.toys import PointDataset
 from minisd.errors import MinisdError
 from minisd.models import Model
+from minisd.models.files import find_checkpoint, read_checkpoint_config
 from minisd.runtime import resolve_device
 from minisd.train import distributed
-from minisd.models.files import find_checkpoint, read_checkpoint_config
 from minisd.train.checkpoint import load_training_state, remove_stale_folders, save_checkpoint
 from minisd.train.config import TrainConfig
 from minisd.train.optim import EMA, learning_rate
@@ -39,12 +44,13 @@ class TrainingDiverged(MinisdError):
     """The loss or the gradient became NaN or infinite."""
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)
+def _step_seed(seed: int, step: int) -> int:
+    """The seed of everything random in one step: the same on every process (see the module docstring)."""
+    return (seed * 1_000_003 + step * 1_009) % (2**63)
 
 
 class _Batches:
-    """Global batch ``step`` of a shuffled, drop-last epoch order; each rank takes its own slice."""
+    """Global batch ``step`` of a shuffled, drop-last epoch order, whole; ``rows`` is the slice this rank trains on."""
 
     def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, rank: int, world_size: int):
         if batch_size % world_size:
@@ -52,7 +58,7 @@ class _Batches:
         if len(dataset) < batch_size:
             raise MinisdError(f"train.batch_size {batch_size} is larger than the dataset ({len(dataset)} images)")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.local = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
+        self.rows = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
         self.steps_per_epoch = len(dataset) // batch_size
         self._epoch, self._order = -1, None
 
@@ -61,8 +67,16 @@ class _Batches:
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
             self._epoch, self._order = epoch, torch.randperm(len(self.dataset), generator=generator)
-        indices = self._order[position * self.batch_size:(position + 1) * self.batch_size][self.local]
+        indices = self._order[position * self.batch_size:(position + 1) * self.batch_size]
         return self.dataset.batch(indices)
+
+
+def _rows_of(value: Any, rows: slice) -> Any:
+    """The examples ``rows`` of a batch: each tensor and list along its first dimension, a dict (the batch itself,
+    the shapes' attributes) entry by entry."""
+    if isinstance(value, dict):
+        return {key: _rows_of(entry, rows) for key, entry in value.items()}
+    return value[rows] if isinstance(value, (torch.Tensor, list, tuple)) else value
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
@@ -224,11 +238,13 @@ def _train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: 
                            min_lr_ratio=config.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(_step_seed(config.seed, step, rank))
+        torch.manual_seed(_step_seed(config.seed, step))
         batch = batches(step)
         if binarize_data:
             batch["image"] = binarize(batch["image"])
-        loss, logs = trained(_to(batch, device))
+        rows = batches.rows
+        with batch_rows.holding_rows(rows.start, rows.stop, config.batch_size):
+            loss, logs = trained(_to(_rows_of(batch, rows), device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)

@@ -34,6 +34,7 @@ from minisd.train.run import load_captioned_split
 RUN_CONFIG_FILE = "text2image.json"  # the run's whole config, which --resume reads back
 TIMINGS_FILE = "timings.json"  # one entry per command run on the folder: its stages' seconds, threads and CPU
 
+
 def _stage_state(run_dir: Path, run_config: dict[str, Any]) -> str:
     """Where a stage stands: ``"new"``, ``"started"`` (it has a checkpoint) or ``"finished"`` (at ``train.steps``).
 

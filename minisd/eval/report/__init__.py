@@ -1,0 +1,133 @@
+"""What ``minisd eval`` reports, as functions of explicit arguments (the command line only parses and calls
+:func:`evaluate`, which finds the model's family and checks the options before any work).
+
+- A generative checkpoint of images (:mod:`.generative`): the likelihood bounds its model has (ELBO and the
+  importance-weighted bound for the VAE family, :mod:`.latent_variable`; the variational bound and its three terms
+  for diffusion, or with ``likelihood="ode"`` the probability-flow ODE's bound, :mod:`.diffusion`), and with an FID
+  classifier the Frechet distance of its samples to test images and their class balance.
+- A score model of 2-D points (:mod:`.points`): its exact likelihood by the probability-flow ODE, and the energy
+  distance and MMD of its samples to held-out points.
+- A text-to-image model (:mod:`.text_to_image`): prompt adherence on a fixed prompt set and the FID of those samples.
+
+What they share (default sizes, the JSON file, drawing samples with their count of evaluations) is in
+:mod:`.common`. Each ``report_*`` prints its lines and returns its numbers; each ``check_*`` checks everything
+that can be checked before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from minisd.errors import MinisdError
+from minisd.eval.report.common import (BATCH_SIZE, FID_SAMPLES, POINT_BATCH, POINTS, dataset_name, evaluation_set,
+                                       write_results)
+from minisd.eval.report.diffusion import report_diffusion_bound, report_diffusion_ode_likelihood
+from minisd.eval.report.generative import check_eval_request, evaluate_checkpoint, report_fid
+from minisd.eval.report.latent_variable import report_latent_likelihood
+from minisd.eval.report.points import (check_score_eval_request, evaluate_score_model, report_point_likelihood,
+                                       report_two_sample)
+from minisd.eval.report.text_to_image import (ADHERENCE_CLASSIFIERS, check_adherence_request, evaluate_text_to_image,
+                                              format_adherence_table, text_to_image_dataset, text_to_image_folder)
+from minisd.sampler_options import given_flags
+from minisd.sampling import checked_sampler_args
+
+__all__ = ["ADHERENCE_CLASSIFIERS", "BATCH_SIZE", "FID_SAMPLES", "POINTS", "POINT_BATCH", "check_adherence_request",
+           "check_eval_request", "check_score_eval_request", "dataset_name", "evaluate", "evaluate_checkpoint",
+           "evaluate_score_model", "evaluate_text_to_image", "evaluation_set", "format_adherence_table",
+           "report_diffusion_bound", "report_diffusion_ode_likelihood", "report_fid", "report_latent_likelihood",
+           "report_point_likelihood", "report_two_sample", "text_to_image_dataset", "text_to_image_folder",
+           "write_results"]
+
+
+def _given(options: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """The command-line spellings of the options among ``names`` that were given (not None or False)."""
+    return [f"--{name.replace('_', '-')}" for name in names if options[name] not in (None, False)]
+
+
+def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples: int | None = None,
+             bound_steps: int | None = None, likelihood: str | None = None, fid_classifier: str | None = None,
+             fid_samples: int | None = None, points: int | None = None, skip_likelihood: bool = False,
+             limit: int | None = None, classifier: str | None = None, samples_per_prompt: int | None = None,
+             guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+             spacing: str | None = None, sampler_args: dict[str, Any] | None = None, batch_size: int | None = None,
+             json_path: str | None = None, overwrite: bool = False, raw_weights: bool = False, seed: int = 0,
+             device: str = "auto", data_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Everything ``minisd eval CHECKPOINT`` reports, for whatever model ``checkpoint`` holds: a text-to-image model
+    (:func:`evaluate_text_to_image`), a score model of points (:func:`evaluate_score_model`) or any other generative
+    checkpoint (:func:`evaluate_checkpoint`). The options are the command's (None: not given, the family's default);
+    ``sampler_args`` holds the samplers' own (eta, snr, ...). An option that the model's family does not take is
+    refused, like every other mistake, before the model is loaded. The results are also written to ``json_path``."""
+    from minisd.models.files import read_checkpoint_config
+
+    options = dict(locals())  # the arguments by name, to name the options given that a family does not take
+    own_args = sampler_args or {}
+    folder = text_to_image_folder(checkpoint)
+    if folder is not None:
+        unsupported = _given(options, ("fid_classifier", "fid_samples", "num_samples", "bound_steps",
+                                       "skip_likelihood", "limit", "spacing", "raw_weights", "likelihood", "points"))
+        dataset = check_adherence_request(folder, classifier=classifier, json_path=json_path, overwrite=overwrite,
+                                          unsupported_options=unsupported, sampler=sampler, steps=steps, **own_args)
+        pipe = _load(checkpoint, raw_weights=False, device=device)
+        results = evaluate_text_to_image(
+            pipe, dataset, classifier, samples_per_prompt=samples_per_prompt, steps=steps, guidance_scale=guidance,
+            sampler=sampler, seed=seed, batch_size=batch_size or BATCH_SIZE, data_dir=data_dir, progress=progress,
+            **own_args)
+        write_results(results, json_path)
+        return results
+    adherence_options = _given(options, ("classifier", "samples_per_prompt", "guidance"))
+    if adherence_options:
+        raise MinisdError(f"{', '.join(adherence_options)}: for text-to-image models (prompt adherence); "
+                          f"{checkpoint} is not one (for FID pass --fid-classifier)")
+    config = read_checkpoint_config(checkpoint)
+    model_type = config["model"].get("type")
+    if model_type == "latent_diffusion":
+        _refuse_unet_stage(checkpoint)
+    asked_sampler = {**{k: v for k, v in (("sampler", sampler), ("steps", steps), ("spacing", spacing))
+                        if v is not None}, **own_args}
+    if model_type == "score":
+        points = points or POINTS
+        check_score_eval_request(config, checkpoint=checkpoint, points=points, likelihood=likelihood,
+                                 unsupported_options=_given(options, ("fid_classifier", "fid_samples", "num_samples",
+                                                                      "bound_steps")),
+                                 json_path=json_path, overwrite=overwrite)
+        model = _load(checkpoint, raw_weights=raw_weights, device=device)
+        results = evaluate_score_model(model, config, checkpoint=checkpoint, split=split, points=points,
+                                       sampler_args=checked_sampler_args(model, asked_sampler),
+                                       skip_likelihood=skip_likelihood, limit=limit,
+                                       batch_size=batch_size or POINT_BATCH, seed=seed, progress=progress)
+        write_results(results, json_path)
+        return results
+    if points is not None:
+        raise MinisdError(f"--points: the samples of a score model's two-sample test; {checkpoint} is not one "
+                          f"(for FID pass --fid-classifier and --fid-samples)")
+    fid_samples = fid_samples or FID_SAMPLES
+    check_eval_request(config, checkpoint=checkpoint, fid_classifier=fid_classifier, fid_samples=fid_samples,
+                       bound_steps=bound_steps, sampler_options=given_flags(asked_sampler), json_path=json_path,
+                       overwrite=overwrite, data_dir=data_dir, likelihood=likelihood or "bound",
+                       num_samples=num_samples)
+    model = _load(checkpoint, raw_weights=raw_weights, device=device)
+    results = evaluate_checkpoint(
+        model, config, checkpoint=checkpoint, split=split, num_samples=num_samples, bound_steps=bound_steps,
+        fid_classifier=fid_classifier, fid_samples=fid_samples,
+        sampler_args=checked_sampler_args(model, asked_sampler) if fid_classifier else None,
+        skip_likelihood=skip_likelihood, limit=limit, batch_size=batch_size or BATCH_SIZE, seed=seed,
+        data_dir=data_dir, progress=progress, likelihood=likelihood or "bound")
+    write_results(results, json_path)
+    return results
+
+
+def _refuse_unet_stage(checkpoint: str | os.PathLike) -> None:
+    """The UNet stage of a text-to-image run is evaluated as the whole model, from the run."""
+    run = Path(checkpoint).resolve()
+    run = run.parent.parent if run.name == "checkpoint" else run.parent
+    raise MinisdError(f"{checkpoint} is the UNet stage of a text-to-image run; evaluate the whole model: "
+                      f"minisd eval {run} --classifier ...")
+
+
+def _load(checkpoint: str | os.PathLike, *, raw_weights: bool, device: str):
+    from minisd.pipelines import load
+    from minisd.runtime import resolve_device
+
+    return load(checkpoint, ema=not raw_weights, device=resolve_device(device))
