@@ -267,6 +267,7 @@ def test_train_on_a_grey_folder_gives_models_of_grey_28x28_pictures_and_image_si
     data = {"dataset": str(folder), "num_images": None, "image_size": None}
     assert load_captioned_split(data, "train", None).example_shape == (1, 28, 28)
     assert load_captioned_split({**data, "image_size": 32}, "test", None).example_shape == (1, 32, 32)
+    assert load_captioned_split({**data, "channels": 3}, "test", None).example_shape == (3, 28, 28)
     run = tmp_path / "run"
     assert main(["train", "--data", str(folder), "--out", str(run), *TINY]) == 0
     assert "at 28x28 grey (the folder's own)" in capsys.readouterr().err
@@ -274,3 +275,5 @@ def test_train_on_a_grey_folder_gives_models_of_grey_28x28_pictures_and_image_si
     autoencoder = json.loads((run / "model" / "autoencoder" / "config.json").read_text())
     assert index["model"]["image_shape"] == [1, 28, 28], index["model"]
     assert json.dumps(autoencoder).count("[1, 28, 28]") >= 1
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "refused"), "--set", "data.channels=2"]) == 2
+    assert "data.channels must be 1 (grey) or 3 (RGB), got 2" in capsys.readouterr().err

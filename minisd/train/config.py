@@ -26,6 +26,8 @@ from minisd.errors import ConfigError
 from minisd.models import check_model_section
 from minisd.schema import AT_LEAST_ONE, DECAY, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, check_section
 
+GREY_OR_RGB: Range = (lambda v: v in (1, 3), "1 (grey) or 3 (RGB)")
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -66,7 +68,8 @@ class DataConfig:
     dataset: str = "mnist"      # minisd.data.DATASETS, "shapes" (captioned, made on the fly) or a 2-D toy (data.toys.TOYS)
     binarize: bool = False      # Bernoulli pixels drawn afresh every step (dynamic binarisation)
     num_images: int | None = _setting(None, AT_LEAST_ONE)  # keep only the first N images of each split
-    image_size: int | None = _setting(None, AT_LEAST_ONE)  # a folder of your images: resized to this side (32)
+    image_size: int | None = _setting(None, AT_LEAST_ONE)  # resize to this side (a folder: its most common side)
+    channels: int | None = _setting(None, GREY_OR_RGB)  # a folder of your images: 1 grey or 3 RGB (its own)
 
     def __post_init__(self) -> None:
         check_section("data", dataclasses.asdict(self), DataConfig)
