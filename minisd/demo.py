@@ -84,11 +84,12 @@ def run_demo(out_dir: Path, *, data_dir: str | None = None, overwrite: bool = Fa
 
 def text_to_image_demo(out_dir: Path, *, device: str = "auto") -> list[str]:
     """Images from a few prompts with each shipped text-to-image model, made as ``minisd generate`` makes them."""
-    from minisd.generate import SHIPPED_MODELS, generate_png
+    from minisd.generate import generate_png
+    from minisd.shipped import SHIPPED_MODELS, shipped_models
 
     written = []
     for name, prompts in DEMO_PROMPTS.items():
-        if not (SHIPPED_MODELS / name / "model_index.json").is_file():
+        if name not in shipped_models(text_to_image=True):
             print(f"minisd demo: no shipped model {name} in {SHIPPED_MODELS}; skipped")
             continue
         print(f"\ntext-to-image with the shipped model {name} (checkpoints/{name}), 4 images per prompt:")

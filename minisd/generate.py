@@ -19,8 +19,7 @@ from typing import Any
 from minisd.errors import ConfigError, MinisdError
 from minisd.sampler_options import SAMPLER_OPTIONS, add_sampler_option_flags, given_sampler_args
 
-SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "checkpoints"
-DEFAULT_MODEL = "mnist"
+from minisd.shipped import DEFAULT_MODEL, shipped_models
 
 # The settings --from may take from a PNG, and the flag each comes from (a sampler's own arguments are stored under
 # their names, as the flags of SAMPLER_OPTIONS are).
@@ -28,26 +27,6 @@ _FLAG_OF_SETTING = {"prompt": "prompt", "negative_prompt": "negative_prompt", "s
                     "sampler": "sampler", "guidance_scale": "guidance", "strength": "strength",
                     "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model",
                     **{option.name: option.name for option in SAMPLER_OPTIONS}}
-
-
-def model_path(model: str | None) -> Path:
-    """``--model``: a model or run folder, or the name of a shipped model (``checkpoints/<name>``)."""
-    name = model or DEFAULT_MODEL
-    path = Path(name)
-    if path.exists():
-        return path
-    if (SHIPPED_MODELS / name).is_dir():
-        return SHIPPED_MODELS / name
-    shipped = sorted(p.name for p in SHIPPED_MODELS.glob("*") if p.is_dir()) if SHIPPED_MODELS.is_dir() else []
-    raise ConfigError(f"no model {name!r}: not a folder, and not one of the shipped models {shipped}")
-
-
-def shipped_models() -> dict[str, Path]:
-    """The shipped text-to-image models by the name ``--model`` takes (``checkpoints/<name>``)."""
-    from minisd.models.model_folder import is_model_folder
-
-    found = sorted(SHIPPED_MODELS.glob("*")) if SHIPPED_MODELS.is_dir() else []
-    return {folder.name: folder for folder in found if is_model_folder(folder)}
 
 
 def _tokenizer_of(folder: Path) -> Any:
@@ -158,7 +137,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     for out in outputs:  # before the work: a refused path must not cost a generation
         check_writable(out, args.overwrite, suffixes=(".png",), what="image")
 
-    folder = model_path(args.model)
+    folder = args.model or DEFAULT_MODEL
     pipe = load(folder, device=resolve_device(args.device))
     if not isinstance(pipe, TextToImagePipeline):
         raise ConfigError(f"{folder} is a {pipe.model_type} checkpoint, not a text-to-image model; "
@@ -168,7 +147,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         raise MinisdError(f"{args.from_png} was made by a model with hash {recorded}, but {folder} has hash "
                           f"{pipe.weights_hash}: another model would make another image; give --model the original")
     for text in filter(None, (args.prompt, args.negative_prompt)):
-        found = unknown_words_note(text, pipe.model.tokenizer, args.model or DEFAULT_MODEL, shipped_models())
+        found = unknown_words_note(text, pipe.model.tokenizer, folder, shipped_models(text_to_image=True))
         if found is not None:
             note, known_by = found
             print(f"minisd: note: {note}" + (f": --model {known_by[0]}" if known_by else ""), file=sys.stderr)

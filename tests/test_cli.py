@@ -81,7 +81,7 @@ def test_existing_outputs_are_never_overwritten_unless_asked(trained_run, tmp_pa
     (["train", "--config", "vae2d", "--set", "model.type=gan"], "unknown model type 'gan'"),
     (["train", "--config", "vae2d", "--set", "data.dataset=cifar"], "unknown dataset 'cifar'"),
     (["train", "--config", "vae2d", "--resume", "--out", "/nonexistent/run"], "nothing to resume"),
-    (["sample", "/nonexistent/run"], "is not a minisd checkpoint"),
+    (["sample", "/nonexistent/run"], "no model '/nonexistent/run': there is no such folder"),
     (["figures", "vae"], "needs a checkpoint"),
 ])
 def test_bad_arguments_give_one_clear_line_and_exit_2(argv, expected, capsys, tmp_path):

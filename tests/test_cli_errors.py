@@ -263,7 +263,7 @@ def test_bad_sampler_arguments_are_one_line(trained, tmp_path, sampler_args, exp
     (["sample", "{vae}", "--seed", "-1"], "--seed: must be from 0"),
     (["eval", "{vae}", "--fid-classifier", "{vae}", "--fid-samples", "5000", "--skip-likelihood"],
      "the digits test split has 297"),
-    (["eval", "{vae}", "--fid-classifier", "{tmp}/no-classifier"], "is not a minisd checkpoint"),
+    (["eval", "{vae}", "--fid-classifier", "{tmp}/no-classifier"], "there is no such folder"),
     (["eval", "{vae}", "--bound-steps", "10"], "a vae has none"),
     (["sample", "{vae}", "--steps", "5"], "are for diffusion models"),
     (["train", "--config", "vae2d", "--data-dir", "{tmp}/a-file", "--out", "{tmp}/run"], "is a file, not a folder"),
@@ -305,7 +305,7 @@ def test_sampling_that_gives_nan_stops_without_writing_an_image(trained, tmp_pat
 
 
 def test_sample_from_a_missing_run_creates_nothing(tmp_path):
-    assert_one_line_error(["sample", str(tmp_path / "no" / "such" / "run")], tmp_path, "is not a minisd checkpoint")
+    assert_one_line_error(["sample", str(tmp_path / "no" / "such" / "run")], tmp_path, "there is no such folder")
     assert not (tmp_path / "no").exists()
 
 

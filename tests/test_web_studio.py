@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from minisd.cli import main
 from minisd.errors import MinisdError, SamplingError
-from minisd.generate import SHIPPED_MODELS
+from minisd.shipped import SHIPPED_MODELS
 from minisd.models.model_folder import model_hash
 from minisd.pipelines import TextToImagePipeline
 from minisd.pipelines.inputs import load_image, sha256_file

@@ -54,6 +54,25 @@ def _show(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
+@torch.no_grad()
+def noised_and_estimated(pipe: TextToImagePipeline, pixels: torch.Tensor, prompt: str, levels: int = 8,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the diffusion model sees and what it makes of it: one image ``pixels`` ``(1, C, H, W)`` in [0, 1],
+    encoded, noised to z_t = alpha_t z + sigma_t eps (Luo (2022) eq. 69, in the latent space) at ``levels`` times t
+    in (0, 1] by the model's own schedule, and the model's estimate of the clean latent from each, given ``prompt``.
+    Returns ``t``, ``sigma`` ``(levels,)`` and the decoded noised and estimated images ``(levels, C, H, W)``."""
+    model = pipe.model
+    z = model.autoencoder.encode(pixels.to(pipe.device))
+    t = torch.linspace(0, 1, levels + 1)[1:].to(pipe.device)
+    alpha, sigma = model.diffusion.schedule.alpha_sigma(t)
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
+    shape = (-1,) + (1,) * (z.dim() - 1)
+    z_t = alpha.view(shape) * z + sigma.view(shape) * eps
+    z0_estimate = model.diffusion.denoiser(z_t, t, model.encode_prompts([prompt] * levels, allow_empty=True))
+    decode = model.autoencoder.decode
+    return t, sigma, decode(z_t).clamp(0, 1), decode(z0_estimate).clamp(0, 1)
+
+
 def prompt_grid_figure(pipe: TextToImagePipeline, prompts: list[str], path: Path, *, per_prompt: int = 8,
                        seed: int = 0) -> Path:
     """One row of ``per_prompt`` samples per prompt (guidance: the model's), the prompt written beside it."""

@@ -99,6 +99,16 @@ def latent_planes_figure(models: dict[str, Model], dataset: ImageDataset, path: 
     return save_figure(fig, path)
 
 
+@torch.no_grad()
+def decoded_plane(model: Model, z0_values: torch.Tensor, z1_values: torch.Tensor) -> torch.Tensor:
+    """The images a 2-d latent model decodes (its Bernoulli means) on the grid ``z0_values`` x ``z1_values``:
+    ``(len(z1) * len(z0), C, H, W)`` in [0, 1], row by row, z[0] growing to the right and z[1] upwards (the first
+    row is the largest z[1]), as the scatter plot of the codes draws them."""
+    z0, z1 = torch.meshgrid(z0_values, z1_values.flip(0), indexing="xy")
+    latents = torch.stack([z0.flatten(), z1.flatten()], dim=1).to(model.device)
+    return torch.sigmoid(model.decode(latents))
+
+
 def latent_manifold_figure(model: Model, dataset: ImageDataset, path: Path, side: int = 20) -> Path:
     """Decoded images over a grid of the 2-d latent plane, with axes in the latent coordinates z[0], z[1].
 
@@ -116,11 +126,9 @@ def latent_manifold_figure(model: Model, dataset: ImageDataset, path: Path, side
         quantiles = torch.linspace(0.05, 0.95, side)
         axes_values = [torch.special.ndtri(quantiles)] * 2
         grid_name = "at quantiles 0.05 ... 0.95 of the prior, so the axes are not linear"
-    z0, z1 = torch.meshgrid(axes_values[0], axes_values[1].flip(0), indexing="xy")
-    latents = torch.stack([z0.flatten(), z1.flatten()], dim=1).to(model.device)
     fig = Figure(figsize=(8, 8))
     ax = fig.subplots()
-    show_image_grid(ax, torch.sigmoid(model.decode(latents)), side)
+    show_image_grid(ax, decoded_plane(model, *axes_values), side)
     grid_height, grid_width = ax.images[-1].get_array().shape[:2]
     image_height, image_width = model.image_shape[1:]
     # Rows run top to bottom, so z[1] grows upwards as in the scatter plot.

@@ -22,9 +22,7 @@ from minisd.models.files import find_checkpoint, load as load_saved_model, weigh
 from minisd.models.latent_diffusion import LatentDiffusion
 from minisd.models.model_folder import RUN_MODEL_FOLDER, is_model_folder, load_model_folder, model_hash
 from minisd.pipelines.text_to_image import TextToImagePipeline
-
-SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "checkpoints"  # the models trained here and committed
-DEFAULT_MODEL = "mnist"
+from minisd.shipped import DEFAULT_MODEL, shipped_models
 
 
 @dataclass(frozen=True)
@@ -37,13 +35,6 @@ class ModelLocation:
     is_text_to_image_folder: bool
 
 
-def shipped_models() -> dict[str, Path]:
-    """The shipped models by name (``checkpoints/<name>``)."""
-    if not SHIPPED_MODELS.is_dir():
-        return {}
-    return {path.name: path for path in sorted(SHIPPED_MODELS.iterdir()) if path.is_dir()}
-
-
 def resolve_model(name_or_path: str | os.PathLike | None) -> ModelLocation:
     """The :class:`ModelLocation` a name or path means (see the module docstring); None means the default model.
     Anything else is one :class:`ConfigError` that names the shipped models."""
@@ -54,7 +45,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> ModelLocation:
         if given in shipped:
             path = shipped[given]
         elif os.sep in given or given.startswith((".", "~")):  # a path, not a name: say it is missing
-            raise CheckpointError(f"{given} is not a minisd checkpoint: there is no such folder")
+            raise CheckpointError(f"no model {given!r}: there is no such folder")
         else:
             raise ConfigError(f"no model {given!r}: not a folder, and not one of the shipped models {sorted(shipped)}")
     for folder in (path, path / RUN_MODEL_FOLDER):

@@ -48,7 +48,8 @@ def add_serve_command(commands: Any, common: Any, positive_int: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> None:
     from minisd.errors import ConfigError
-    from minisd.generate import SHIPPED_MODELS, model_path
+    from minisd.pipelines import resolve_model
+    from minisd.shipped import SHIPPED_MODELS
     from minisd.runtime import resolve_device
     from minisd.web.app import import_gradio, serve
     from minisd.web.studio import Studio, find_models
@@ -58,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-upload-mb must be above 0 and at most 1024, got {args.max_upload_mb}")
     limits = Limits(max_prompt_chars=args.max_prompt, max_steps=args.max_steps, max_images=args.max_images,
                     max_upload_bytes=int(args.max_upload_mb * 2**20), queue_size=args.queue)
-    vae = model_path(args.vae) if args.vae else SHIPPED_MODELS / DEFAULT_VAE
+    vae = resolve_model(args.vae).folder if args.vae else SHIPPED_MODELS / DEFAULT_VAE
     def models() -> dict[str, Path]:
         return find_models(SHIPPED_MODELS, Path(args.runs))
 

@@ -24,6 +24,8 @@ import torch
 from PIL import Image, ImageOps
 
 from minisd.errors import ConfigError, MinisdError
+from minisd.figures.text_to_image import noised_and_estimated
+from minisd.figures.vae import decoded_plane
 from minisd.generate import unknown_words_note
 from minisd.web.limits import LATENT_EXTENT, Limits, RequestError
 from minisd.web.pictures import attention_overlays, enlarge, tensor_grid
@@ -36,13 +38,17 @@ INIT_IMAGE_FILE, MASK_FILE = "init-image.png", "mask.png"
 def find_models(shipped: Path, runs: Path | None) -> dict[str, Path]:
     """The text-to-image models the page may use, by the name the page shows: the shipped ones by their
     name (``mnist``), a run under ``runs`` by its path (``runs/my_model``), as ``--model`` takes them."""
-    from minisd.models.model_folder import RUN_MODEL_FOLDER, is_model_folder
+    from minisd.pipelines import resolve_model
 
-    models = {p.name: p for p in sorted(shipped.glob("*")) if is_model_folder(p)} if shipped.is_dir() else {}
+    def is_text_to_image(folder: Path) -> bool:
+        try:
+            return resolve_model(folder).is_text_to_image_folder
+        except MinisdError:  # a run still training, or of another kind
+            return False
+
+    models = {p.name: p for p in sorted(shipped.iterdir()) if is_text_to_image(p)} if shipped.is_dir() else {}
     if runs is not None and runs.is_dir():
-        for run in sorted(runs.iterdir()):
-            if is_model_folder(run / RUN_MODEL_FOLDER):
-                models[str(run)] = run
+        models.update({str(run): run for run in sorted(runs.iterdir()) if run.is_dir() and is_text_to_image(run)})
     return models
 
 
@@ -279,21 +285,15 @@ class Studio:
                 self._vae = vae
         return self._vae
 
-    @torch.no_grad()
     def decode_latent(self, z0: Any, z1: Any) -> Image.Image:
         """The VAE's decoded image (its Bernoulli means) at the latent point (z0, z1)."""
-        z = torch.tensor([[self.limits.latent(z0, "z[0]"), self.limits.latent(z1, "z[1]")]])
-        vae = self._need_vae()
-        return enlarge(tensor_grid(torch.sigmoid(vae.decode(z.to(vae.device)))), 256)
+        point = (torch.tensor([self.limits.latent(z0, "z[0]")]), torch.tensor([self.limits.latent(z1, "z[1]")]))
+        return enlarge(tensor_grid(decoded_plane(self._need_vae(), *point)), 256)
 
-    @torch.no_grad()
     def latent_plane(self, side: int = 15) -> Image.Image:
         """Decoded images on a ``side`` x ``side`` grid over [-3, 3]^2, z[1] growing upwards (the clickable map)."""
-        vae = self._need_vae()
         values = torch.linspace(-LATENT_EXTENT, LATENT_EXTENT, side)
-        z1, z0 = torch.meshgrid(values.flip(0), values, indexing="ij")
-        latents = torch.stack([z0.flatten(), z1.flatten()], dim=1).to(vae.device)
-        return enlarge(tensor_grid(torch.sigmoid(vae.decode(latents)), nrow=side, padding=0), 480)
+        return enlarge(tensor_grid(decoded_plane(self._need_vae(), values, values), nrow=side, padding=0), 480)
 
     def _need_vae(self):
         if self.vae is None:
@@ -322,17 +322,7 @@ class Studio:
         channels, height, width = pipe.image_shape
         picture = _fit(picture, pipe.image_shape)
         pixels = image_to_tensor(picture, size=(height, width), channels=channels, label="the image")
-        model_ = pipe.model
-        z = model_.autoencoder.encode(pixels.to(pipe.device))
-        ts = torch.linspace(0, 1, levels + 1)[1:].to(pipe.device)
-        alpha, sigma = model_.diffusion.schedule.alpha_sigma(ts)
-        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
-        shape = (-1,) + (1,) * (z.dim() - 1)
-        z_t = alpha.view(shape) * z + sigma.view(shape) * noise
-        cond = model_.encode_prompts([text] * levels, allow_empty=True)
-        z0_hat = model_.diffusion.denoiser(z_t, ts, cond)
-        noised = model_.autoencoder.decode(z_t).clamp(0, 1)
-        denoised = model_.autoencoder.decode(z0_hat).clamp(0, 1)
+        ts, sigma, noised, denoised = noised_and_estimated(pipe, pixels, text, levels, seed)
         captions = [f"t={t:.2f} σ={s:.2f}" for t, s in zip(ts.tolist(), sigma.tolist())]
         return ([(enlarge(tensor_grid(x[None])), c) for x, c in zip(noised, captions)],
                 [(enlarge(tensor_grid(x[None])), c) for x, c in zip(denoised, captions)])
