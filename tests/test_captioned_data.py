@@ -406,12 +406,11 @@ def test_load_captioned_shapes_splits_differ_and_batches_carry_captions():
     assert torch.equal(item["image"], train.images[3]) and isinstance(item["caption"], str)
 
 
-def test_load_captioned_reads_a_folder_at_the_size_asked_for(tmp_path):
+def test_load_captioned_reads_a_folder_at_its_own_size_or_the_size_asked_for(tmp_path):
     for name in ("a", "b", "c"):
         save_png(tmp_path / f"{name}.png")
         (tmp_path / f"{name}.txt").write_text(f"picture {name}")
-    with pytest.raises(ConfigError, match="needs size"):
-        load_captioned(str(tmp_path))
+    assert load_captioned(str(tmp_path)).images.shape == (3, 3, 20, 20)  # 40x20 pictures: their shorter side
     dataset = load_captioned(str(tmp_path), size=8, num_images=2)
     assert dataset.images.shape == (2, 3, 8, 8) and dataset.captions(torch.arange(2)) == ["picture a", "picture b"]
 

@@ -1,22 +1,21 @@
 """Every bad input a user can give the command line: one line, exit status 2, and nothing left behind.
 
-Each case runs the real command (``python -m minisd ...`` in a fresh process) and checks that it exits
-with status 2, prints exactly one line on stderr, starting ``minisd: error:``, with no traceback, and
-creates or changes no file: the whole temporary folder (run folders, outputs, the working directory)
-is compared file by file before and after.
+Each case runs the real command (``minisd ...`` in a process of its own, forked from this one: see
+tests/cli_process.py) and checks that it exits with status 2, prints exactly one line on stderr, starting
+``minisd: error:``, with no traceback, and creates or changes no file: the whole temporary folder (run folders,
+outputs, the working directory) is compared file by file before and after.
 """
 
 import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from cli_process import run_minisd
 from minisd.cli import main
 
 CACHE = tempfile.mkdtemp(prefix="minisd-test-cache-")
@@ -73,12 +72,11 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 def assert_one_line_error(argv: list[str], cwd: Path, expected: str) -> None:
-    """Run ``minisd ARGV`` in a fresh process in ``cwd`` and check the contract of this file."""
+    """Run ``minisd ARGV`` in a process of its own in ``cwd`` and check the contract of this file."""
     env = {k: v for k, v in os.environ.items() if k != "MINISD_DATA"}
     env.update(OMP_NUM_THREADS="1", XDG_CACHE_HOME=CACHE)  # no download may land in the user's cache
     before = snapshot(cwd)
-    done = subprocess.run([sys.executable, "-m", "minisd", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = run_minisd(argv, cwd=cwd, env=env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("minisd: error: "), done.stderr
@@ -263,7 +261,7 @@ def test_bad_sampler_arguments_are_one_line(trained, tmp_path, sampler_args, exp
     (["sample", "{vae}", "--seed", "-1"], "--seed: must be from 0"),
     (["eval", "{vae}", "--fid-classifier", "{vae}", "--fid-samples", "5000", "--skip-likelihood"],
      "the digits test split has 297"),
-    (["eval", "{vae}", "--fid-classifier", "{tmp}/no-classifier"], "there is no such folder"),
+    (["eval", "{vae}", "--fid-classifier", "{tmp}/no-classifier"], "is not a minisd checkpoint"),
     (["eval", "{vae}", "--bound-steps", "10"], "a vae has none"),
     (["sample", "{vae}", "--steps", "5"], "are for diffusion models"),
     (["train", "--config", "vae2d", "--data-dir", "{tmp}/a-file", "--out", "{tmp}/run"], "is a file, not a folder"),

@@ -7,8 +7,6 @@ tests/test_cli_errors.py), with the tiny text-to-image run of :mod:`t2i_fixtures
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from minisd.models.model_folder import model_hash
 from minisd.pipelines.inputs import sha256_file
 from minisd.pipelines.png_settings import PARAMETERS_CHUNK, SETTINGS_CHUNK, read_settings
 from minisd.version import __version__
+from cli_process import run_minisd
 from t2i_fixtures import text_to_image_run  # noqa: F401  (a fixture)
 from test_cli_errors import CACHE, assert_one_line_error, snapshot
 
@@ -28,10 +27,9 @@ SIZE = 32  # the tiny run's images are 32x32 RGB
 
 
 def minisd_generate(argv: list[str], cwd: Path) -> list[str]:
-    """Run ``minisd generate ARGV`` in a fresh process in ``cwd``; it must succeed. Returns its stdout lines."""
+    """Run ``minisd generate ARGV`` in a process of its own in ``cwd``; it must succeed. Returns its stdout lines."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": CACHE}
-    done = subprocess.run([sys.executable, "-m", "minisd", "generate", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_minisd(["generate", *argv], cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 

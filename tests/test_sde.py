@@ -16,7 +16,7 @@ import minisd
 from minisd.diffusion.likelihood import prior_term
 from minisd.diffusion.losses import noise_ladder_times
 from minisd.diffusion.schedules import build_schedule
-from minisd.diffusion.sde import SDE, score_from_denoiser, sub_vp, ve, vp
+from minisd.diffusion.sde import score_from_denoiser, sub_vp, ve, vp
 from minisd.errors import ConfigError
 from minisd.models import build_model
 from minisd.train.config import validate_run_config

@@ -187,7 +187,7 @@ def test_training_lowers_the_test_loss(tmp_path, digits_train, digits_test):
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_builds_its_model_and_training_config(preset):
     from minisd.data.toys import TOYS
-    from minisd.train.text_to_image import STAGES, is_text_to_image_config, stage_config
+    from minisd.train.config import STAGES, is_text_to_image_config, stage_config
 
     # The folder preset names a folder of the user's (--data replaces it); shapes, 3x32x32 too, stands in for it.
     config = load_run_config(preset, ["data.dataset=shapes"] if preset == "text2image_folder" else [])

@@ -26,9 +26,12 @@ from minisd.train.text_to_image import TIMINGS_FILE
 def held_out_report(model: Any, run_dir: Path, *, data_dir: str | None, num_images: int = 2000) -> dict[str, Any]:
     """What the two frozen parts of ``model`` (the run's LatentDiffusion) reach on the test split: the
     autoencoder's reconstruction error, and the text encoder's caption-to-image retrieval among 100 with
-    captions in the held-out templates. A folder of images has no test split: there, its own images and captions."""
+    captions in the held-out templates. A folder of images has no test split: there, its own images and captions.
+    ``num_images`` test images at most, and no more than the run kept of each split (its ``data.num_images``)."""
     config = read_checkpoint_config(run_dir / "unet")
-    test_set = load_captioned_split({**config["data"], "num_images": num_images}, "test", data_dir)
+    kept = config["data"].get("num_images")
+    test_set = load_captioned_split({**config["data"], "num_images": min(num_images, kept or num_images)}, "test",
+                                    data_dir)
     torch.manual_seed(0)
     captions = test_set.captions(torch.arange(len(test_set)), templates="heldout") \
         if hasattr(test_set, "captions") else []
