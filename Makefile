@@ -16,7 +16,7 @@ ifeq ($(MINISD_DATA),)
   endif
 endif
 
-.PHONY: setup demo test serve clean
+.PHONY: setup demo test test-slow serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/minisd demo --out outputs/demo --overwrite
 
+# The suite on two workers (pytest-xdist), each test on one thread: within 5 minutes on 2 cores. The few checks
+# that need minutes of training are marked slow and run by `make test-slow` (CI runs both).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
 
 # The local web page (the optional extra `web`, Gradio): open http://127.0.0.1:7860/
 serve:

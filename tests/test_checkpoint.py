@@ -29,8 +29,10 @@ CRASHED = 17
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash test forks (POSIX only)")
 
 
+@functools.cache  # made once in this process, before the forks: each crashed child starts its save at once
 def _state(step: int):
-    """A model, its EMA and an optimizer with state, all depending on ``step``."""
+    """A model, its EMA and an optimizer with state, all depending on ``step``. Loading a checkpoint into the
+    step-0 state overwrites all of it, so sharing one object between calls changes no result."""
     torch.manual_seed(step)
     model = Autoencoder(**TINY)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -105,6 +107,7 @@ def _copy_state(source, target):
 def test_a_complete_checkpoint_survives_a_crash_at_every_point_of_a_save_twice_in_a_row(tmp_path):
     base = tmp_path / "base"
     _save(base, 5)
+    _state(10), _state(15)  # made here, so that every forked save inherits them
     first_crashes = 0
     for first in range(1, 1000):
         after_first = tmp_path / "after-first"

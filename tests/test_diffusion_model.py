@@ -106,6 +106,7 @@ def test_label_dropout_trains_the_null_label_and_only_in_training():
     assert torch.equal(seen[-1], batch["label"])
 
 
+@pytest.mark.slow  # 400 training steps: make test-slow
 def test_class_conditional_samples_follow_the_requested_label(tmp_path):
     # Trained briefly on the 8x8 digits, then sampled from the same noise with label 0 and with label 1:
     # each set of samples must look more like real images of its own label than of the other.
