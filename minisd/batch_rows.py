@@ -90,12 +90,28 @@ def bernoulli(probability: float, shape: Sequence[int], *, device: torch.device 
     return rand(shape, device=device) < probability
 
 
+class _GatherRows(torch.autograd.Function):
+    """All processes' rows, concatenated in rank order; the gradient of this process's rows is the sum of what every
+    process's loss sends them (each loss uses every row)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, rows.contiguous())
+        ctx.start, ctx.stop = dist.get_rank() * len(rows), (dist.get_rank() + 1) * len(rows)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.start:ctx.stop]
+
+
 def gather(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All rows of the global batch ``(total, ...)`` from this process's ``rows`` ``(local, ...)``, gathered across
     processes in rank order with their gradients, and the position of this process's first row in it."""
     positions, total = batch_positions(len(rows))
     if total == len(rows) or not (dist.is_available() and dist.is_initialized()):
         return rows, 0
-    from torch.distributed.nn.functional import all_gather  # its backward sums each row's gradient to its owner
-
-    return torch.cat(all_gather(rows)), int(positions[0])
+    return _GatherRows.apply(rows), int(positions[0])
