@@ -85,11 +85,12 @@ def run_demo(out_dir: Path, *, data_dir: str | None = None, overwrite: bool = Fa
 def text_to_image_demo(out_dir: Path, *, device: str = "auto") -> list[str]:
     """Images from a few prompts with each shipped text-to-image model, made as ``minisd generate`` makes them."""
     from minisd.generate import generate_png
-    from minisd.shipped import SHIPPED_MODELS, shipped_models
+    from minisd.pipelines.loading import shipped_text_to_image_models
+    from minisd.shipped import SHIPPED_MODELS
 
     written = []
     for name, prompts in DEMO_PROMPTS.items():
-        if name not in shipped_models(text_to_image=True):
+        if name not in shipped_text_to_image_models():
             print(f"minisd demo: no shipped model {name} in {SHIPPED_MODELS}; skipped")
             continue
         print(f"\ntext-to-image with the shipped model {name} (checkpoints/{name}), 4 images per prompt:")

@@ -19,7 +19,7 @@ from typing import Any
 from minisd.errors import ConfigError, MinisdError
 from minisd.sampler_options import SAMPLER_OPTIONS, add_sampler_option_flags, given_sampler_args
 
-from minisd.shipped import DEFAULT_MODEL, shipped_models
+from minisd.shipped import DEFAULT_MODEL
 
 # The settings --from may take from a PNG, and the flag each comes from (a sampler's own arguments are stored under
 # their names, as the flags of SAMPLER_OPTIONS are).
@@ -104,11 +104,11 @@ def _outputs(args: argparse.Namespace, count: int) -> list[Path]:
 def run_generate(args: argparse.Namespace) -> list[Path]:
     import torch
 
-    from minisd.pipelines import load
     from minisd.images import make_grid, to_pil
     from minisd.outputs import check_writable
-    from minisd.pipelines import TextToImagePipeline
+    from minisd.pipelines import TextToImagePipeline, load
     from minisd.pipelines.inputs import load_image, load_mask, sha256_file
+    from minisd.pipelines.loading import shipped_text_to_image_models
     from minisd.pipelines.png_settings import save_png
     from minisd.runtime import resolve_device
     from minisd.version import __version__
@@ -147,7 +147,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         raise MinisdError(f"{args.from_png} was made by a model with hash {recorded}, but {folder} has hash "
                           f"{pipe.weights_hash}: another model would make another image; give --model the original")
     for text in filter(None, (args.prompt, args.negative_prompt)):
-        found = unknown_words_note(text, pipe.model.tokenizer, folder, shipped_models(text_to_image=True))
+        found = unknown_words_note(text, pipe.model.tokenizer, folder, shipped_text_to_image_models())
         if found is not None:
             note, known_by = found
             print(f"minisd: note: {note}" + (f": --model {known_by[0]}" if known_by else ""), file=sys.stderr)

@@ -12,9 +12,8 @@ SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_MODEL = "mnist"  # what minisd generate draws with when no --model is given
 
 
-def shipped_models(*, text_to_image: bool = False) -> dict[str, Path]:
-    """The shipped models by name; ``text_to_image``: only the text-to-image model folders (``model_index.json``)."""
+def shipped_models() -> dict[str, Path]:
+    """The shipped models by name (``checkpoints/<name>``)."""
     if not SHIPPED_MODELS.is_dir():
         return {}
-    return {path.name: path for path in sorted(SHIPPED_MODELS.iterdir())
-            if path.is_dir() and (not text_to_image or (path / "model_index.json").is_file())}
+    return {path.name: path for path in sorted(SHIPPED_MODELS.iterdir()) if path.is_dir()}

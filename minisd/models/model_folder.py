@@ -30,7 +30,7 @@ from minisd.models.latent_diffusion import LatentDiffusion
 from minisd.models.files import load, save_model
 from minisd.version import __version__
 
-INDEX = "model_index.json"  # (minisd.shipped looks for it by name: it imports no torch)
+INDEX = "model_index.json"
 RUN_MODEL_FOLDER = "model"  # where a text-to-image training run (minisd.train.text_to_image) writes its model folder
 PARTS = {"autoencoder": "autoencoder", "text_encoder": "text_encoder", "unet": "diffusion"}  # folder -> attribute
 

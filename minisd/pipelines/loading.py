@@ -35,6 +35,11 @@ class ModelLocation:
     is_text_to_image_folder: bool
 
 
+def shipped_text_to_image_models() -> dict[str, Path]:
+    """The shipped text-to-image models (model folders) by name."""
+    return {name: folder for name, folder in shipped_models().items() if is_model_folder(folder)}
+
+
 def resolve_model(name_or_path: str | os.PathLike | None) -> ModelLocation:
     """The :class:`ModelLocation` a name or path means (see the module docstring); None means the default model.
     Anything else is one :class:`ConfigError` that names the shipped models."""

@@ -1,0 +1,45 @@
+"""One resolver for what a model name or path means: a shipped name, a model folder, a text-to-image run, a run or
+checkpoint of any other model; everything else is one clear error."""
+
+import shutil
+
+import pytest
+
+import minisd
+from minisd.errors import CheckpointError, ConfigError
+from minisd.pipelines import TextToImagePipeline, resolve_model
+from minisd.shipped import DEFAULT_MODEL, SHIPPED_MODELS
+from t2i_fixtures import text_to_image_run  # noqa: F401  (a fixture)
+
+
+def test_a_shipped_name_is_its_model_folder_and_none_is_the_default():
+    assert resolve_model("shapes").folder == SHIPPED_MODELS / "shapes"
+    assert resolve_model("shapes").name == "shapes" and resolve_model("shapes").is_text_to_image_folder
+    assert resolve_model(None).folder == SHIPPED_MODELS / DEFAULT_MODEL
+    vae = resolve_model("vae2d")
+    assert not vae.is_text_to_image_folder and (vae.folder / "config.json").is_file()
+
+
+def test_a_text_to_image_run_is_its_model_folder_named_after_the_run(text_to_image_run):
+    run = resolve_model(text_to_image_run)
+    assert run.folder == text_to_image_run / "model" and run.name == text_to_image_run.name
+    assert resolve_model(text_to_image_run / "model").folder == text_to_image_run / "model"
+    stage = resolve_model(text_to_image_run / "unet")  # the UNet stage's checkpoint holds the whole model
+    assert stage.folder == text_to_image_run / "unet" / "checkpoint" and not stage.is_text_to_image_folder
+    assert isinstance(minisd.load(text_to_image_run / "unet"), TextToImagePipeline)
+
+
+def test_a_folder_of_the_users_is_never_hidden_by_a_shipped_name(tmp_path, monkeypatch):
+    shutil.copytree(SHIPPED_MODELS / "vae2d", tmp_path / "mnist")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("mnist").folder.resolve() == (tmp_path / "mnist").resolve()
+
+
+def test_what_is_no_model_is_one_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"no model 'mnsit': not a folder, and not one of the shipped models"):
+        resolve_model("mnsit")
+    with pytest.raises(CheckpointError, match="there is no such folder"):
+        resolve_model(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="is not a minisd checkpoint"):
+        resolve_model(tmp_path / "empty")
