@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 
 from minisd.errors import MinisdError
+from minisd.outputs import MAX_GRID_IMAGES, MAX_SCATTER_POINTS, SAMPLE_IMAGES, SAMPLE_POINTS
 from minisd.sampler_options import add_sampler_option_flags, given_sampler_args
 from minisd.sampler_options import non_negative_number as _non_negative_number
 
-MAX_GRID_IMAGES = 10_000  # a 100 x 100 grid; FID and other bulk uses draw their samples without a picture
-MAX_SCATTER_POINTS = 20_000  # a score model's samples in one scatter plot
-SAMPLE_IMAGES, SAMPLE_POINTS = 64, 2000  # minisd sample's default --n: images in a grid, or 2-D points
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,45 +118,12 @@ def _given_sampler_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    import torch
+    from minisd.runtime import resolve_device
+    from minisd.sampling import sample_picture
 
-    from minisd.images import IMAGE_SUFFIXES, save_image_grid, save_point_scatter
-    from minisd.outputs import check_writable
-    from minisd.models.files import run_folder
-    from minisd.sampling import checked_sampler_args, draw_samples
-
-    if args.n is not None and args.n > max(MAX_GRID_IMAGES, MAX_SCATTER_POINTS):
-        raise MinisdError(f"--n {args.n} is more than one picture should hold (at most {MAX_GRID_IMAGES} images, or "
-                          f"{MAX_SCATTER_POINTS} points); FID draws many samples without a picture: "
-                          f"minisd eval RUN --fid-classifier ...")
-    out = Path(args.out) if args.out else run_folder(args.checkpoint) / "samples" / f"seed{args.seed}.png"
-    check_writable(out, args.overwrite, suffixes=IMAGE_SUFFIXES, what="image")  # before the work, not after
-    model = _load(args)
-    if not hasattr(model, "can_sample"):  # a text-to-image pipeline
-        raise MinisdError(f"{args.checkpoint} is a text-to-image model: give it a prompt, "
-                          f"minisd generate \"...\" --model {args.checkpoint}")
-    if not model.can_sample:
-        raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
-    points = model.model_type == "score"
-    n = args.n or (SAMPLE_POINTS if points else SAMPLE_IMAGES)
-    if not points and n > MAX_GRID_IMAGES:
-        raise MinisdError(f"--n {n} is more images than one grid should hold (at most {MAX_GRID_IMAGES}); "
-                          f"FID draws many samples without a picture: minisd eval RUN --fid-classifier ...")
-    sampler_args = checked_sampler_args(model, _given_sampler_args(args))
-    if points:
-        from minisd.eval.report import POINT_BATCH  # the batches of minisd eval: the same seed, the same samples
-
-        samples = draw_samples(model, n, generator=torch.Generator(model.device).manual_seed(args.seed),
-                               batch_size=POINT_BATCH, progress=not args.no_progress, **sampler_args)
-        own_args = "".join(f", {k} = {v}" for k, v in sampler_args.items() if k not in ("sampler", "steps"))
-        how = (f"{sampler_args.get('sampler', model.sampler)} in {sampler_args.get('steps', model.sample_steps)} "
-               f"steps{own_args}, seed {args.seed}")
-        print(save_point_scatter(samples, out, title=f"{n} samples of {args.checkpoint}\n({how})",
-                                 overwrite=args.overwrite))
-        return
-    images = draw_samples(model, n, generator=torch.Generator(model.device).manual_seed(args.seed),
-                          progress=not args.no_progress, **sampler_args)
-    print(save_image_grid(images, out, overwrite=args.overwrite))
+    print(sample_picture(args.checkpoint, args.out, n=args.n, seed=args.seed, sampler_args=_given_sampler_args(args),
+                         ema=not args.raw_weights, device=resolve_device(args.device), overwrite=args.overwrite,
+                         progress=not args.no_progress))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

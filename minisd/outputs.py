@@ -14,6 +14,11 @@ from pathlib import Path
 
 from minisd.errors import MinisdError
 
+# What one picture of samples may hold, and what minisd sample draws by default (here, free of torch, for --help).
+MAX_GRID_IMAGES = 10_000  # a 100 x 100 grid; FID and other bulk uses draw their samples without a picture
+MAX_SCATTER_POINTS = 20_000  # a score model's samples in one scatter plot
+SAMPLE_IMAGES, SAMPLE_POINTS = 64, 2000  # images in a grid, or 2-D points
+
 
 def _nearest_existing(path: Path) -> Path:
     """``path`` itself or the closest of its ancestors that exists."""

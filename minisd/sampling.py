@@ -1,11 +1,13 @@
 """Drawing many samples from any generative model: in batches, with a progress bar.
 
-``minisd sample`` and the FID of ``minisd eval`` both draw through :func:`draw_samples`, so a long
-sampling run always shows how far it has come, and the same seed gives the same images in both.
+``minisd sample`` (:func:`sample_picture`) and the FID of ``minisd eval`` both draw through :func:`draw_samples`,
+so a long sampling run always shows how far it has come, and the same seed gives the same images in both.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,10 +15,15 @@ from tqdm.auto import tqdm
 
 from minisd.diffusion.samplers import check_sampler_args
 from minisd.errors import MinisdError
+from minisd.images import IMAGE_SUFFIXES, save_image_grid, save_point_scatter
 from minisd.models import Model
+from minisd.models.files import run_folder
+from minisd.outputs import MAX_GRID_IMAGES, MAX_SCATTER_POINTS, SAMPLE_IMAGES, SAMPLE_POINTS, check_writable
+from minisd.pipelines import load
 from minisd.sampler_options import given_flags
 
 BATCH_SIZE = 250  # images per call of model.sample: bounded memory for any n
+POINT_BATCH = 5000  # points per sampling call and per ODE likelihood solve: a solve costs about the same for 1 or 5000
 
 
 def draw_samples(model: Model, n: int, *, generator: torch.Generator | None = None, batch_size: int = BATCH_SIZE,
@@ -64,3 +71,39 @@ def checked_sampler_args(model: Model, sampler_args: dict[str, Any]) -> dict[str
         own_args = {k: v for k, v in sampler_args.items() if k not in ("sampler", "steps", "spacing")}
         check_sampler_args(sampler_args.get("sampler", model.sampler), **own_args)
     return sampler_args
+
+
+def sample_picture(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *, n: int | None = None,
+                   seed: int = 0, sampler_args: dict[str, Any] | None = None, ema: bool = True,
+                   device: str | torch.device = "cpu", overwrite: bool = False, progress: bool = True) -> Path:
+    """``minisd sample``: ``n`` samples of the model at ``checkpoint`` (a grid of images, or a scatter plot of a
+    score model's 2-D points) written to ``out`` (default ``RUN/samples/seed<seed>.png``); returns its path.
+    Everything is checked (the count, the path, the model, the sampler's arguments) before any sampling."""
+    if n is not None and n > max(MAX_GRID_IMAGES, MAX_SCATTER_POINTS):
+        raise MinisdError(f"--n {n} is more than one picture should hold (at most {MAX_GRID_IMAGES} images, or "
+                          f"{MAX_SCATTER_POINTS} points); FID draws many samples without a picture: "
+                          f"minisd eval RUN --fid-classifier ...")
+    out = Path(out) if out else run_folder(checkpoint) / "samples" / f"seed{seed}.png"
+    check_writable(out, overwrite, suffixes=IMAGE_SUFFIXES, what="image")  # before the work, not after
+    model = load(checkpoint, ema=ema, device=device)
+    if not hasattr(model, "can_sample"):  # a text-to-image pipeline
+        raise MinisdError(f"{checkpoint} is a text-to-image model: give it a prompt, "
+                          f"minisd generate \"...\" --model {checkpoint}")
+    if not model.can_sample:
+        raise MinisdError(f"a {model.model_type} is not a generative model: it cannot sample (train a vae)")
+    points = model.model_type == "score"
+    n = n or (SAMPLE_POINTS if points else SAMPLE_IMAGES)
+    if not points and n > MAX_GRID_IMAGES:
+        raise MinisdError(f"--n {n} is more images than one grid should hold (at most {MAX_GRID_IMAGES}); "
+                          f"FID draws many samples without a picture: minisd eval RUN --fid-classifier ...")
+    sampler_args = checked_sampler_args(model, sampler_args or {})
+    generator = torch.Generator(model.device).manual_seed(seed)
+    if not points:
+        images = draw_samples(model, n, generator=generator, progress=progress, **sampler_args)
+        return save_image_grid(images, out, overwrite=overwrite)
+    # In the batches of minisd eval: the same seed gives the same points.
+    samples = draw_samples(model, n, generator=generator, batch_size=POINT_BATCH, progress=progress, **sampler_args)
+    own_args = "".join(f", {k} = {v}" for k, v in sampler_args.items() if k not in ("sampler", "steps"))
+    how = (f"{sampler_args.get('sampler', model.sampler)} in {sampler_args.get('steps', model.sample_steps)} "
+           f"steps{own_args}, seed {seed}")
+    return save_point_scatter(samples, out, title=f"{n} samples of {checkpoint}\n({how})", overwrite=overwrite)

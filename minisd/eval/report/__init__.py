@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from minisd.errors import MinisdError
-from minisd.eval.report.common import (BATCH_SIZE, FID_SAMPLES, POINT_BATCH, POINTS, dataset_name, evaluation_set,
+from minisd.eval.report.common import (BATCH_SIZE, FID_SAMPLES, POINTS, dataset_name, evaluation_set,
                                        write_results)
 from minisd.eval.report.diffusion import report_diffusion_bound, report_diffusion_ode_likelihood
 from minisd.eval.report.generative import check_eval_request, evaluate_checkpoint, report_fid
@@ -31,7 +31,7 @@ from minisd.eval.report.points import (check_score_eval_request, evaluate_score_
 from minisd.eval.report.text_to_image import (ADHERENCE_CLASSIFIERS, check_adherence_request, evaluate_text_to_image,
                                               format_adherence_table, text_to_image_dataset, text_to_image_folder)
 from minisd.sampler_options import given_flags
-from minisd.sampling import checked_sampler_args
+from minisd.sampling import POINT_BATCH, checked_sampler_args
 
 __all__ = ["ADHERENCE_CLASSIFIERS", "BATCH_SIZE", "FID_SAMPLES", "POINTS", "POINT_BATCH", "check_adherence_request",
            "check_eval_request", "check_score_eval_request", "dataset_name", "evaluate", "evaluate_checkpoint",

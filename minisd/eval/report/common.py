@@ -16,7 +16,6 @@ from minisd.errors import MinisdError
 FID_SAMPLES = 1000  # samples (and test images) of FID, unless asked otherwise
 BATCH_SIZE = 100  # images per likelihood batch, unless asked otherwise
 POINTS = 2000  # a score model's samples, and held-out points, of the two-sample test unless asked otherwise
-POINT_BATCH = 5000  # points per sampling call and per ODE likelihood solve: a solve costs about the same for 1 or 5000
 
 
 def dataset_name(config: dict[str, Any], checkpoint: str | os.PathLike) -> str:

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from minisd.errors import MinisdError
-from minisd.eval.report.common import (POINT_BATCH, POINTS, check_json_path, dataset_name, draw_samples_counted,
+from minisd.eval.report.common import (POINTS, check_json_path, dataset_name, draw_samples_counted,
                                        mean_and_standard_error, sampled_by, standard_error_text)
+from minisd.sampling import POINT_BATCH
 
 
 def report_point_likelihood(model, points: torch.Tensor, *, split: str, batch_size: int, dataset: str,
