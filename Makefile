@@ -32,7 +32,7 @@ demo: setup
 # The suite on two workers (pytest-xdist), each test on one thread: within 5 minutes on 2 cores. The few checks
 # that need minutes of training, and the browser test, are marked slow and run by `make test-slow` (CI runs both).
 test: setup
-	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" --durations=15
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow

@@ -29,6 +29,7 @@ def _metrics(stage_run: Path) -> list[dict]:
     return [json.loads(line) for line in (stage_run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.xdist_group("torchrun")  # one torchrun at a time (tests/test_train.py)
 def test_two_processes_train_and_resume_a_text_to_image_run_with_one_writer(text_to_image_run, tmp_path):
     one, two = text_to_image_run, tmp_path / "two"  # the same command, in one process and in two
     run = minisd_command("train", *TINY_TEXT_TO_IMAGE, "--device", "cpu", "--out", str(two), processes=2)

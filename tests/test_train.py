@@ -95,6 +95,7 @@ def minisd_command(*args: str, processes: int = 1) -> subprocess.CompletedProces
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.xdist_group("torchrun")  # one torchrun at a time: each launch takes free ports of the machine
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     settings = ["--config", "autoencoder", "--set", "data.dataset=digits", "--set", "model.hidden=[32]",
                 "--set", "train.steps=12", "--set", "train.batch_size=64", "--set", "train.eval_every=0",
