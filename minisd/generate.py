@@ -30,19 +30,18 @@ _FLAG_OF_SETTING = {"prompt": "prompt", "negative_prompt": "negative_prompt", "s
 
 
 def _tokenizer_of(folder: Path) -> Any:
-    """The tokenizer of a model folder or of a run's model folder, or None (not a minisd tokenizer, unreadable)."""
+    """The tokenizer of a text-to-image model (a model folder or the run that trained one), read alone, without the
+    weights; None for anything else or a tokenizer that cannot be read."""
     from minisd.models.clip import TOKENIZER_FILE
-    from minisd.models.model_folder import RUN_MODEL_FOLDER
+    from minisd.pipelines import resolve_model
     from minisd.text.tokenizer import Tokenizer
 
-    for model_folder in (folder, folder / RUN_MODEL_FOLDER):
-        path = model_folder / "text_encoder" / TOKENIZER_FILE
-        if path.is_file():
-            try:
-                return Tokenizer.load(path)
-            except MinisdError:
-                return None
-    return None
+    try:
+        location = resolve_model(folder)
+        return Tokenizer.load(location.folder / "text_encoder" / TOKENIZER_FILE) if location.is_text_to_image_folder \
+            else None
+    except MinisdError:
+        return None
 
 
 def unknown_words_note(text: str, tokenizer: Any, model_name: str,

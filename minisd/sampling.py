@@ -77,13 +77,17 @@ def sample_picture(checkpoint: str | os.PathLike, out: str | os.PathLike | None 
                    seed: int = 0, sampler_args: dict[str, Any] | None = None, ema: bool = True,
                    device: str | torch.device = "cpu", overwrite: bool = False, progress: bool = True) -> Path:
     """``minisd sample``: ``n`` samples of the model at ``checkpoint`` (a grid of images, or a scatter plot of a
-    score model's 2-D points) written to ``out`` (default ``RUN/samples/seed<seed>.png``); returns its path.
-    Everything is checked (the count, the path, the model, the sampler's arguments) before any sampling."""
+    score model's 2-D points) written to ``out``; returns its path. By default ``out`` is ``RUN/samples/seed<seed>.png``
+    beside a run, and ``outputs/<name>/samples/seed<seed>.png`` for a shipped model named by name (never inside the
+    shipped folder). Everything is checked (the count, the path, the model, the sampler's arguments) first."""
     if n is not None and n > max(MAX_GRID_IMAGES, MAX_SCATTER_POINTS):
         raise MinisdError(f"--n {n} is more than one picture should hold (at most {MAX_GRID_IMAGES} images, or "
                           f"{MAX_SCATTER_POINTS} points); FID draws many samples without a picture: "
                           f"minisd eval RUN --fid-classifier ...")
-    out = Path(out) if out else run_folder(checkpoint) / "samples" / f"seed{seed}.png"
+    if out is None:
+        beside = run_folder(checkpoint) if Path(checkpoint).exists() else Path("outputs") / str(checkpoint)
+        out = beside / "samples" / f"seed{seed}.png"
+    out = Path(out)
     check_writable(out, overwrite, suffixes=IMAGE_SUFFIXES, what="image")  # before the work, not after
     model = load(checkpoint, ema=ema, device=device)
     if not hasattr(model, "can_sample"):  # a text-to-image pipeline

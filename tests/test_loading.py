@@ -43,3 +43,15 @@ def test_what_is_no_model_is_one_error_naming_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="is not a minisd checkpoint"):
         resolve_model(tmp_path / "empty")
+
+
+def test_commands_take_a_shipped_name_as_they_take_its_folder(tmp_path, monkeypatch, capsys):
+    from minisd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "vae2d", "--n", "4", "--no-progress"]) == 0
+    assert (tmp_path / "outputs" / "vae2d" / "samples" / "seed0.png").is_file()  # not inside checkpoints/
+    capsys.readouterr()
+    # eval reads the shipped checkpoint's own config, which names no dataset (so it cannot pick test images)
+    assert main(["eval", "vae2d", "--no-progress"]) == 2
+    assert "the config.json of vae2d names no dataset" in capsys.readouterr().err

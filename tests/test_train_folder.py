@@ -277,3 +277,6 @@ def test_train_on_a_grey_folder_gives_models_of_grey_28x28_pictures_and_image_si
     assert json.dumps(autoencoder).count("[1, 28, 28]") >= 1
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "refused"), "--set", "data.channels=2"]) == 2
     assert "data.channels must be 1 (grey) or 3 (RGB), got 2" in capsys.readouterr().err
+    assert main(["train", "--config", "text2image_mnist", "--out", str(tmp_path / "mnist"),
+                 "--set", "data.channels=3"]) == 2
+    assert "data.channels chooses grey or RGB for a folder of your images; mnist has its own" in capsys.readouterr().err

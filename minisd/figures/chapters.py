@@ -32,7 +32,7 @@ def make_figures(chapter: str, checkpoint: str | os.PathLike | None = None, *, o
         raise MinisdError(f"no chapter {chapter!r} has figures; the chapters are {', '.join(CHAPTERS)}")
     if chapter == "text-to-image":
         return _text_to_image_figures(checkpoint, out, seed=seed, overwrite=overwrite, device=device)
-    config = read_checkpoint_config(checkpoint) if checkpoint else None
+    config = read_checkpoint_config(resolve_model(checkpoint).folder) if checkpoint else None
     if config is not None and config["model"].get("type") not in FIGURE_MODELS.get(chapter, ()):
         kind = config["model"].get("type")
         fits = [name for name, types in FIGURE_MODELS.items() if kind in types]

@@ -76,6 +76,9 @@ class DataConfig:
         if self.dataset not in (*DATASETS, "shapes", *TOYS) and not Path(self.dataset).expanduser().is_dir():
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {[*DATASETS, 'shapes', *TOYS]}, "
                               f"or give a folder of your images with captions")
+        if self.channels is not None and self.dataset in (*DATASETS, "shapes", *TOYS):
+            raise ConfigError(f"data.channels chooses grey or RGB for a folder of your images; {self.dataset} has "
+                              f"its own (leave data.channels out)")
 
 
 def validate_run_config(config: dict[str, Any]) -> dict[str, Any]:

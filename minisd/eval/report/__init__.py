@@ -29,7 +29,7 @@ from minisd.eval.report.latent_variable import report_latent_likelihood
 from minisd.eval.report.points import (check_score_eval_request, evaluate_score_model, report_point_likelihood,
                                        report_two_sample)
 from minisd.eval.report.text_to_image import (ADHERENCE_CLASSIFIERS, check_adherence_request, evaluate_text_to_image,
-                                              format_adherence_table, text_to_image_dataset, text_to_image_folder)
+                                              format_adherence_table, text_to_image_dataset)
 from minisd.sampler_options import given_flags
 from minisd.sampling import POINT_BATCH, checked_sampler_args
 
@@ -37,7 +37,7 @@ __all__ = ["ADHERENCE_CLASSIFIERS", "BATCH_SIZE", "FID_SAMPLES", "POINTS", "POIN
            "check_eval_request", "check_score_eval_request", "dataset_name", "evaluate", "evaluate_checkpoint",
            "evaluate_score_model", "evaluate_text_to_image", "evaluation_set", "format_adherence_table",
            "report_diffusion_bound", "report_diffusion_ode_likelihood", "report_fid", "report_latent_likelihood",
-           "report_point_likelihood", "report_two_sample", "text_to_image_dataset", "text_to_image_folder",
+           "report_point_likelihood", "report_two_sample", "text_to_image_dataset",
            "write_results"]
 
 
@@ -60,11 +60,13 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
     ``sampler_args`` holds the samplers' own (eta, snr, ...). An option that the model's family does not take is
     refused, like every other mistake, before the model is loaded. The results are also written to ``json_path``."""
     from minisd.models.files import read_checkpoint_config
+    from minisd.pipelines import resolve_model
 
     options = dict(locals())  # the arguments by name, to name the options given that a family does not take
     own_args = sampler_args or {}
-    folder = text_to_image_folder(checkpoint)
-    if folder is not None:
+    location = resolve_model(checkpoint)
+    if location.is_text_to_image_folder:
+        folder = location.folder
         unsupported = _given(options, ("fid_classifier", "fid_samples", "num_samples", "bound_steps",
                                        "skip_likelihood", "limit", "spacing", "raw_weights", "likelihood", "points"))
         dataset = check_adherence_request(folder, classifier=classifier, json_path=json_path, overwrite=overwrite,
@@ -80,7 +82,7 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
     if adherence_options:
         raise MinisdError(f"{', '.join(adherence_options)}: for text-to-image models (prompt adherence); "
                           f"{checkpoint} is not one (for FID pass --fid-classifier)")
-    config = read_checkpoint_config(checkpoint)
+    config = read_checkpoint_config(location.folder)
     model_type = config["model"].get("type")
     if model_type == "latent_diffusion":
         _refuse_unet_stage(checkpoint)

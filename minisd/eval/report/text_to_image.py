@@ -17,18 +17,6 @@ ADHERENCE_CLASSIFIERS = {  # dataset -> (model type, preset that trains it)
 }
 
 
-def text_to_image_folder(path: str | os.PathLike) -> Path | None:
-    """The model folder of a text-to-image model at ``path`` (the folder itself, or the run that trained it);
-    None for anything else."""
-    from minisd.pipelines import resolve_model
-
-    try:
-        location = resolve_model(path)
-    except MinisdError:
-        return None
-    return location.folder if location.is_text_to_image_folder else None
-
-
 def text_to_image_dataset(folder: str | os.PathLike) -> str:
     """The dataset a text-to-image model folder was trained on: its index's ``data.dataset``, or for a folder
     written before the index kept it, the ``data.dataset`` of the ``unet`` run beside it."""
