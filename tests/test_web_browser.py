@@ -49,6 +49,12 @@ new MutationObserver(() => window.statusSeen.push(document.querySelector('#statu
   .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true});
 """
 
+# True once the gallery holds four pictures and the browser has finished loading every one.
+GALLERY_LOADED = """
+const images = [...document.querySelectorAll('#gallery img')];
+return images.length === 4 && images.every(image => image.complete && image.naturalWidth > 0);
+"""
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -112,9 +118,10 @@ def test_a_prompt_becomes_a_png_with_its_settings(server, browser, downloads):
     assert f"step {STEPS}" in steps_seen and len(steps_seen) > 1, seen
     assert browser.find_elements(By.CSS_SELECTOR, "#preview img")
 
-    gallery = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
-    assert len(gallery) == 4
-    assert all(image.get_attribute("naturalWidth") == "28" for image in gallery)
+    # The status reads "done" as soon as the server answers; the browser may still be fetching the pictures.
+    _wait(browser, lambda: browser.execute_script(GALLERY_LOADED), 30)
+    widths = browser.execute_script("return [...document.querySelectorAll('#gallery img')].map(i => i.naturalWidth)")
+    assert widths == [28, 28, 28, 28], widths
     # One attention map per token of the prompt, captioned with the token.
     tokens = browser.execute_script(
         "return [...document.querySelectorAll('#attention img')].map(image => image.alt || image.title)")
