@@ -9,7 +9,7 @@ benchmarks/README.md.
 Samplers run at their default arguments, except those of :data:`SAMPLER_ARGS`: the ode sampler's default, the
 adaptive dopri5, spends what its tolerances ask rather than a budget, so it is benchmarked with rk4 on the grid.
 
-    python benchmarks/diffusion_samplers.py runs/bench/diffusion_mnist runs/classifier_mnist
+    python benchmarks/diffusion_samplers.py runs/bench/diffusion_mnist classifier_mnist
 
 Steps are chosen so that no sampler spends more than the NFE budget, by
 :func:`~minisd.diffusion.samplers.num_evaluations` with the sampler's arguments: Heun spends 2N - 1 evaluations in
@@ -42,7 +42,7 @@ def steps_within(sampler: str, budget: int, **sampler_args) -> int:
     return steps
 
 
-def evaluate(run: Path, classifier: Path, sampler: str, steps: int, out: Path, args) -> dict:
+def evaluate(run: Path, classifier: str, sampler: str, steps: int, out: Path, args) -> dict:
     """One cell: run ``minisd eval`` unless its JSON is already there, and return the JSON."""
     sampler_args = SAMPLER_ARGS.get(sampler, {})
     path = out / "_".join([sampler, *map(str, sampler_args.values()), f"{steps}.json"])
@@ -58,7 +58,8 @@ def evaluate(run: Path, classifier: Path, sampler: str, steps: int, out: Path, a
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a trained diffusion run")
-    parser.add_argument("classifier", type=Path, help="the classifier run of the same dataset")
+    parser.add_argument("classifier", help="the classifier of the same dataset, a run or shipped name "
+                                           "(classifier_mnist: the one behind every FID-MNIST of the docs)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     parser.add_argument("--reference-steps", type=int, default=250, help="steps of the ddpm reference")

@@ -3,7 +3,7 @@
 No model can be expected to score below this at the same sample size: it is the distance between
 two samples of the *same* distribution, which is not zero because N is finite.
 
-    python benchmarks/fid_floor.py runs/classifier_mnist mnist 1000 10000
+    python benchmarks/fid_floor.py classifier_mnist mnist 1000 10000   # the shipped classifier, or a run
 """
 
 import sys

@@ -14,9 +14,8 @@ Prints a markdown table and writes, under ``--out`` (default docs/figures/guidan
 
     minisd train --config diffusion_mnist_cond --out runs/diffusion_mnist_cond
     minisd train --config noisy_classifier_mnist --out runs/noisy_classifier_mnist
-    minisd train --config classifier_mnist --out runs/classifier_mnist
     python benchmarks/guidance.py --diffusion runs/diffusion_mnist_cond \\
-        --noisy-classifier runs/noisy_classifier_mnist --classifier runs/classifier_mnist
+        --noisy-classifier runs/noisy_classifier_mnist
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from minisd.figures.plotting import save_figure, show_image_grid
 from minisd.outputs import check_can_create, check_writable, make_parent
 from minisd.runtime import resolve_device
 from minisd.models.files import read_checkpoint_config
+from minisd.pipelines import resolve_model
 
 METHODS = {"cfg": "classifier-free", "classifier": "classifier"}
 GRID_PER_DIGIT = 2  # samples of each digit shown per scale in the sample grids
@@ -50,7 +50,7 @@ GRID_PER_DIGIT = 2  # samples of each digit shown per scale in the sample grids
 
 def check_runs(args: argparse.Namespace) -> str:
     """Refuse runs that cannot be compared before any sampling; return their dataset."""
-    datasets = {name: read_checkpoint_config(path).get("data", {}).get("dataset")
+    datasets = {name: read_checkpoint_config(resolve_model(path).folder).get("data", {}).get("dataset")
                 for name, path in (("--diffusion", args.diffusion), ("--noisy-classifier", args.noisy_classifier),
                                    ("--classifier", args.classifier))}
     if len(set(datasets.values())) > 1:
@@ -154,8 +154,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--diffusion", type=Path, required=True,
                         help="a class-conditional diffusion run trained with p_uncond > 0 (diffusion_mnist_cond)")
     parser.add_argument("--noisy-classifier", type=Path, required=True, help="a noisy_classifier run of that schedule")
-    parser.add_argument("--classifier", type=Path, required=True,
-                        help="the evaluation classifier of the same dataset (classifier_mnist)")
+    parser.add_argument("--classifier", default="classifier_mnist",
+                        help="the evaluation classifier of the same dataset, a run or shipped name (default: the "
+                             "shipped classifier_mnist, behind every FID-MNIST of the docs)")
     parser.add_argument("--samples-per-digit", type=int, default=100)
     parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 2, 4, 8])
     parser.add_argument("--steps", type=int, default=20)

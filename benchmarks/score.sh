@@ -17,10 +17,9 @@ N=${N:-100}                  # test images for the ODE likelihood (each takes ~a
 NFE=${NFE:-20 50}
 RUN=$OUT/diffusion_mnist
 NCSN=$OUT/ncsn_mnist
-CLASSIFIER=${CLASSIFIER:-runs/classifier_mnist}
+CLASSIFIER=${CLASSIFIER:-classifier_mnist}  # the shipped evaluation classifier (checkpoints/), or a run
 
 [ -f "$RUN/result.json" ] || $MINISD train --config diffusion_mnist --out "$RUN" --no-progress
-[ -d "$CLASSIFIER/checkpoint" ] || $MINISD train --config classifier_mnist --out "$CLASSIFIER" --no-progress
 [ -f "$NCSN/result.json" ] || $MINISD train --config ncsn_mnist --out "$NCSN" --no-progress
 
 # 1. the same model, the same images: the ODE's bound and the variational bound

@@ -19,7 +19,7 @@ from minisd.errors import MinisdError
 from minisd.outputs import MAX_GRID_IMAGES, MAX_SCATTER_POINTS, SAMPLE_IMAGES, SAMPLE_POINTS
 from minisd.sampler_options import add_sampler_option_flags, given_sampler_args
 from minisd.sampler_options import non_negative_number as _non_negative_number
-
+from minisd.shipped import AUTO_CLASSIFIER, SHIPPED_CLASSIFIERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -235,17 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--likelihood", choices=["bound", "ode"],
                           help="diffusion: the variational bound (bound, default) or the probability-flow ODE's "
                                "bound on dequantised images, by Hutchinson's trace (ode; slow: try --limit)")
-    evaluate.add_argument("--fid-classifier", help="a classifier run (minisd train --config classifier_mnist): "
-                                                   "also report FID on its features and the samples' class balance")
+    evaluate.add_argument("--fid-classifier", nargs="?", const=AUTO_CLASSIFIER, metavar="CLASSIFIER",
+                          help="also report FID on a classifier's features and the samples' class balance: a "
+                               "classifier run or shipped name; alone, the one shipped for the model's dataset "
+                               f"({', '.join(SHIPPED_CLASSIFIERS.values())})")
     evaluate.add_argument("--fid-samples", type=_positive_int, help="samples for FID (default 1000)")
     evaluate.add_argument("--points", type=_positive_int,
                           help="score models: samples compared with as many held-out points by energy distance and "
                                "MMD (default 2000)")
     evaluate.add_argument("--skip-likelihood", action="store_true",
                           help="report FID only (a score model: the energy distance and MMD only)")
-    evaluate.add_argument("--classifier", help="text-to-image models: the run of the classifier that reads the samples "
-                                               "(mnist: minisd train --config classifier_mnist; shapes: "
-                                               "attributes_shapes); reports prompt adherence and FID")
+    evaluate.add_argument("--classifier", help="text-to-image models: the classifier that reads the samples for "
+                                               "prompt adherence and FID, a run or shipped name (default for mnist: "
+                                               "the shipped classifier_mnist; shapes: a run of minisd train "
+                                               "--config attributes_shapes)")
     evaluate.add_argument("--samples-per-prompt", type=_positive_int,
                           help="text-to-image models: samples of each prompt (default: 200 for digits, a tenth of "
                                "that per attribute prompt; 5 for shapes)")

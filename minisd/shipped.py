@@ -10,6 +10,11 @@ from pathlib import Path
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_MODEL = "mnist"  # what minisd generate draws with when no --model is given
+# The evaluation classifier shipped for a dataset: every FID-MNIST of the docs is measured on its features, so that
+# the same sampler at the same budget has one FID in every chapter. AUTO_CLASSIFIER, as a classifier argument of
+# minisd eval, asks for the one of the model's dataset.
+SHIPPED_CLASSIFIERS = {"mnist": "classifier_mnist"}
+AUTO_CLASSIFIER = "auto"
 
 
 def shipped_models() -> dict[str, Path]:

@@ -259,9 +259,9 @@ def test_bad_sampler_arguments_are_one_line(trained, tmp_path, sampler_args, exp
 @pytest.mark.parametrize("argv, expected", [
     (["sample", "{vae}", "--seed", "99999999999999999999999"], "--seed: must be from 0 to 2**63 - 1"),
     (["sample", "{vae}", "--seed", "-1"], "--seed: must be from 0"),
-    (["eval", "{vae}", "--fid-classifier", "{vae}", "--fid-samples", "5000", "--skip-likelihood"],
-     "the digits test split has 297"),
-    (["eval", "{vae}", "--fid-classifier", "{tmp}/no-classifier"], "is not a minisd checkpoint"),
+    (["eval", "{vae}", "--fid-classifier", "{vae}", "--skip-likelihood"],
+     "FID is measured on the features of a classifier"),
+    (["eval", "{vae}", "--fid-classifier", "{tmp}/no-classifier"], "--fid-classifier: no model"),
     (["eval", "{vae}", "--bound-steps", "10"], "a vae has none"),
     (["sample", "{vae}", "--steps", "5"], "are for diffusion models"),
     (["train", "--config", "vae2d", "--data-dir", "{tmp}/a-file", "--out", "{tmp}/run"], "is a file, not a folder"),

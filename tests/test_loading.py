@@ -1,6 +1,7 @@
 """One resolver for what a model name or path means: a shipped name, a model folder, a text-to-image run, a run or
 checkpoint of any other model; everything else is one clear error."""
 
+import os
 import shutil
 
 import pytest
@@ -52,6 +53,7 @@ def test_commands_take_a_shipped_name_as_they_take_its_folder(tmp_path, monkeypa
     assert main(["sample", "vae2d", "--n", "4", "--no-progress"]) == 0
     assert (tmp_path / "outputs" / "vae2d" / "samples" / "seed0.png").is_file()  # not inside checkpoints/
     capsys.readouterr()
-    # eval reads the shipped checkpoint's own config, which names no dataset (so it cannot pick test images)
-    assert main(["eval", "vae2d", "--no-progress"]) == 2
-    assert "the config.json of vae2d names no dataset" in capsys.readouterr().err
+    # eval reads the shipped checkpoint's own config, which names its dataset (binarised MNIST)
+    if os.environ.get("MINISD_DATA"):
+        assert main(["eval", "vae2d", "--num-samples", "1", "--limit", "200", "--no-progress"]) == 0
+        assert "test ELBO:" in capsys.readouterr().out

@@ -7,6 +7,7 @@
   classifier the Frechet distance of its samples to test images and their class balance.
 - A score model of 2-D points (:mod:`.points`): its exact likelihood by the probability-flow ODE, and the energy
   distance and MMD of its samples to held-out points.
+- An image classifier (:mod:`.classifier`): its accuracy and cross-entropy.
 - A text-to-image model (:mod:`.text_to_image`): prompt adherence on a fixed prompt set and the FID of those samples.
 
 What they share (default sizes, the JSON file, drawing samples with their count of evaluations) is in
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from minisd.errors import MinisdError
-from minisd.eval.report.common import (BATCH_SIZE, FID_SAMPLES, POINTS, dataset_name, evaluation_set,
-                                       write_results)
+from minisd.eval.report.classifier import report_classifier
+from minisd.eval.report.common import (BATCH_SIZE, FID_CLASSIFIER_PRESETS, FID_SAMPLES, POINTS, check_json_path,
+                                       dataset_name, evaluation_classifier, evaluation_set, write_results)
 from minisd.eval.report.diffusion import report_diffusion_bound, report_diffusion_ode_likelihood
 from minisd.eval.report.generative import check_eval_request, evaluate_checkpoint, report_fid
 from minisd.eval.report.latent_variable import report_latent_likelihood
@@ -35,7 +37,7 @@ from minisd.sampling import POINT_BATCH, checked_sampler_args
 
 __all__ = ["ADHERENCE_CLASSIFIERS", "BATCH_SIZE", "FID_SAMPLES", "POINTS", "POINT_BATCH", "check_adherence_request",
            "check_eval_request", "check_score_eval_request", "dataset_name", "evaluate", "evaluate_checkpoint",
-           "evaluate_score_model", "evaluate_text_to_image", "evaluation_set", "format_adherence_table",
+           "evaluate_score_model", "evaluate_text_to_image", "evaluation_classifier", "evaluation_set", "report_classifier", "format_adherence_table",
            "report_diffusion_bound", "report_diffusion_ode_likelihood", "report_fid", "report_latent_likelihood",
            "report_point_likelihood", "report_two_sample", "text_to_image_dataset",
            "write_results"]
@@ -57,7 +59,9 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
     """Everything ``minisd eval CHECKPOINT`` reports, for whatever model ``checkpoint`` holds: a text-to-image model
     (:func:`evaluate_text_to_image`), a score model of points (:func:`evaluate_score_model`) or any other generative
     checkpoint (:func:`evaluate_checkpoint`). The options are the command's (None: not given, the family's default);
-    ``sampler_args`` holds the samplers' own (eta, snr, ...). An option that the model's family does not take is
+    ``sampler_args`` holds the samplers' own (eta, snr, ...). ``fid_classifier`` and ``classifier`` are runs,
+    checkpoints or shipped names, or "auto" for the classifier shipped for the model's dataset (a text-to-image
+    model's ``classifier`` defaults to it). An option that the model's family does not take is
     refused, like every other mistake, before the model is loaded. The results are also written to ``json_path``."""
     from minisd.models.files import read_checkpoint_config
     from minisd.pipelines import resolve_model
@@ -69,8 +73,9 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
         folder = location.folder
         unsupported = _given(options, ("fid_classifier", "fid_samples", "num_samples", "bound_steps",
                                        "skip_likelihood", "limit", "spacing", "raw_weights", "likelihood", "points"))
-        dataset = check_adherence_request(folder, classifier=classifier, json_path=json_path, overwrite=overwrite,
-                                          unsupported_options=unsupported, sampler=sampler, steps=steps, **own_args)
+        dataset, classifier = check_adherence_request(folder, classifier=classifier, json_path=json_path,
+                                                      overwrite=overwrite, unsupported_options=unsupported,
+                                                      sampler=sampler, steps=steps, **own_args)
         pipe = _load(checkpoint, raw_weights=False, device=device)
         results = evaluate_text_to_image(
             pipe, dataset, classifier, samples_per_prompt=samples_per_prompt, steps=steps, guidance_scale=guidance,
@@ -101,10 +106,28 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
                                        batch_size=batch_size or POINT_BATCH, seed=seed, progress=progress)
         write_results(results, json_path)
         return results
+    if model_type == "classifier":
+        unsupported = _given(options, ("num_samples", "bound_steps", "likelihood", "fid_classifier", "fid_samples",
+                                       "points", "skip_likelihood", "sampler", "steps", "spacing"))
+        if unsupported or own_args:
+            raise MinisdError(f"{', '.join(unsupported + given_flags(own_args))}: not for a classifier, whose "
+                              f"evaluation is its accuracy on --split (and --limit)")
+        check_json_path(json_path, overwrite)
+        model = _load(checkpoint, raw_weights=raw_weights, device=device)
+        test_set = evaluation_set(config, split, checkpoint=checkpoint, data_dir=data_dir)
+        results = {"checkpoint": str(checkpoint), "dataset": dataset_name(config, checkpoint), "split": split,
+                   **report_classifier(model, test_set.images[:limit], test_set.labels[:limit], split=split,
+                                       batch_size=batch_size or BATCH_SIZE)}
+        write_results(results, json_path)
+        return results
     if points is not None:
         raise MinisdError(f"--points: the samples of a score model's two-sample test; {checkpoint} is not one "
                           f"(for FID pass --fid-classifier and --fid-samples)")
     fid_samples = fid_samples or FID_SAMPLES
+    if fid_classifier is not None:
+        dataset = dataset_name(config, checkpoint)
+        fid_classifier = evaluation_classifier(fid_classifier, dataset, flag="--fid-classifier",
+                                               preset=FID_CLASSIFIER_PRESETS.get(dataset, f"a classifier of {dataset}"))
     check_eval_request(config, checkpoint=checkpoint, fid_classifier=fid_classifier, fid_samples=fid_samples,
                        bound_steps=bound_steps, sampler_options=given_flags(asked_sampler), json_path=json_path,
                        overwrite=overwrite, data_dir=data_dir, likelihood=likelihood or "bound",

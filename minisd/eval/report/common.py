@@ -12,10 +12,31 @@ from typing import Any
 import torch
 
 from minisd.errors import MinisdError
+from minisd.shipped import AUTO_CLASSIFIER, SHIPPED_CLASSIFIERS
 
 FID_SAMPLES = 1000  # samples (and test images) of FID, unless asked otherwise
 BATCH_SIZE = 100  # images per likelihood batch, unless asked otherwise
 POINTS = 2000  # a score model's samples, and held-out points, of the two-sample test unless asked otherwise
+FID_CLASSIFIER_PRESETS = {"mnist": "classifier_mnist", "fashion-mnist": "classifier_fashion"}  # configs that train one
+
+
+def evaluation_classifier(given: str | os.PathLike, dataset: str, *, flag: str, preset: str) -> str:
+    """The folder of the classifier that ``flag`` names: a run, checkpoint or saved model, a shipped name, or
+    :data:`AUTO_CLASSIFIER` for the classifier shipped for ``dataset``. ``preset``: the config that trains one."""
+    from minisd.pipelines import resolve_model
+
+    if str(given) == AUTO_CLASSIFIER:
+        if dataset not in SHIPPED_CLASSIFIERS:
+            raise MinisdError(f"{flag}: no classifier of {dataset} is shipped; train one (minisd train --config "
+                              f"{preset}) and pass its run")
+        given = SHIPPED_CLASSIFIERS[dataset]
+    try:
+        location = resolve_model(given)
+    except MinisdError as err:
+        raise type(err)(f"{flag}: {err}") from None
+    if location.is_text_to_image_folder:
+        raise MinisdError(f"{flag} {given}: a text-to-image model, not a classifier (minisd train --config {preset})")
+    return str(location.folder)
 
 
 def dataset_name(config: dict[str, Any], checkpoint: str | os.PathLike) -> str:

@@ -71,7 +71,11 @@ def check_eval_request(config: dict[str, Any], *, checkpoint: str | os.PathLike,
         if model_class is not None and not model_class.can_sample:
             raise MinisdError(f"a {config['model']['type']} cannot sample, so it has no FID")
         dataset = dataset_name(config, checkpoint)
-        classifier_dataset = dataset_name(read_checkpoint_config(fid_classifier), fid_classifier)
+        classifier_config = read_checkpoint_config(fid_classifier)
+        if classifier_config["model"].get("type") != "classifier":
+            raise MinisdError(f"--fid-classifier {fid_classifier} is a {classifier_config['model'].get('type')}; FID "
+                              f"is measured on the features of a classifier (minisd train --config classifier_mnist)")
+        classifier_dataset = dataset_name(classifier_config, fid_classifier)
         if classifier_dataset != dataset:
             raise MinisdError(f"the classifier was trained on {classifier_dataset}, the model on {dataset}: "
                               f"FID needs a classifier of the model's dataset")

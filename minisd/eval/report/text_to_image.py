@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from minisd.errors import MinisdError
-from minisd.eval.report.common import check_json_path
+from minisd.eval.report.common import check_json_path, evaluation_classifier
+from minisd.shipped import AUTO_CLASSIFIER, SHIPPED_CLASSIFIERS
 
 ADHERENCE_CLASSIFIERS = {  # dataset -> (model type, preset that trains it)
     "mnist": ("classifier", "classifier_mnist"),
@@ -36,9 +37,10 @@ def text_to_image_dataset(folder: str | os.PathLike) -> str:
 
 def check_adherence_request(folder: str | os.PathLike, *, classifier: str | None, json_path: str | None,
                             overwrite: bool, unsupported_options: list[str], sampler: str | None = None,
-                            steps: int | None = None, **sampler_args: Any) -> str:
+                            steps: int | None = None, **sampler_args: Any) -> tuple[str, str]:
     """Everything the prompt-adherence evaluation of the text-to-image model ``folder`` can check before it loads
-    the model; returns the model's dataset. ``classifier``: the run of the classifier that reads the samples;
+    the model; returns the model's dataset and the folder of the classifier. ``classifier``: the run, checkpoint or
+    shipped name of the classifier that reads the samples (None or "auto": the one shipped for the dataset);
     ``unsupported_options``: the command-line options given that only other models take; ``sampler`` (default:
     the model's), ``steps`` and ``sampler_args`` (eta): how the samples will be drawn."""
     from minisd.diffusion.samplers import check_sampler_args
@@ -53,17 +55,19 @@ def check_adherence_request(folder: str | os.PathLike, *, classifier: str | None
         raise MinisdError(f"prompt adherence is measured for models of {' and '.join(ADHERENCE_CLASSIFIERS)}; "
                           f"this one was trained on {dataset}")
     model_type, preset = ADHERENCE_CLASSIFIERS[dataset]
-    if not classifier:
+    if classifier is None and dataset not in SHIPPED_CLASSIFIERS:
         raise MinisdError(f"prompt adherence needs --classifier, the run of a {model_type} trained on {dataset} "
                           f"(minisd train --config {preset})")
+    given = classifier or AUTO_CLASSIFIER
+    classifier = evaluation_classifier(given, dataset, flag="--classifier", preset=preset)
     config = read_checkpoint_config(classifier)
     found = (config.get("model", {}).get("type"), config.get("data", {}).get("dataset"))
     if found != (model_type, dataset):
-        raise MinisdError(f"--classifier {classifier} is a {found[0]} trained on {found[1]}; a {dataset} model's "
+        raise MinisdError(f"--classifier {given} is a {found[0]} trained on {found[1]}; a {dataset} model's "
                           f"samples are read by a {model_type} trained on {dataset} (minisd train --config {preset})")
     check_sampler_args(sampler or read_model_index(folder)["model"].get("sampler"), steps=steps, **sampler_args)
     check_json_path(json_path, overwrite)
-    return dataset
+    return dataset, classifier
 
 
 def evaluate_text_to_image(pipe, dataset: str, classifier_path: str | os.PathLike, *,
