@@ -3,9 +3,11 @@
     # images/s of training steps (batch 128, MNIST and shapes sizes) on 1 and 2 CPU threads, no data needed:
     python benchmarks/latent_autoencoder.py speed
     # train a preset (with --set overrides), fit the latent scale, score the test-set reconstructions:
-    python benchmarks/latent_autoencoder.py quality --out runs/bench/ae --classifier runs/classifier_mnist \
+    python benchmarks/latent_autoencoder.py quality --out runs/bench/ae --classifier classifier_mnist \
         [--preset latent_autoencoder_mnist] [--set model.kl_weight=1e-3 ...] [--device cpu]
     python benchmarks/latent_autoencoder.py quality --out runs/bench/ae_shapes --preset latent_autoencoder_shapes
+    # the autoencoder of a trained text-to-image model as it is, on the first 2000 test images:
+    python benchmarks/latent_autoencoder.py score mnist --classifier classifier_mnist
 
 ``quality`` prints one JSON line: the reconstruction report on the test split (mse per pixel on
 [0, 1], PSNR, FID-MNIST of reconstructions against the test images), the KL per latent element,
@@ -83,6 +85,19 @@ def quality(args: argparse.Namespace) -> None:
                       "latent_scale": scale, **report, **stats}))
 
 
+def score(args: argparse.Namespace) -> None:
+    """The autoencoder of a trained text-to-image model (a shipped name or a run), scored as it is."""
+    from minisd.eval.report import text_to_image_dataset
+    from minisd.pipelines import resolve_model
+
+    model = minisd.load(args.model, device=args.device).model.autoencoder
+    dataset = text_to_image_dataset(resolve_model(args.model).folder)
+    load = load_captioned if dataset == "shapes" else load_dataset
+    test_images = load(dataset, "test").images[:args.images].to(args.device)
+    classifier = minisd.load(args.classifier, device=args.device) if args.classifier else None
+    print(json.dumps({"model": args.model, **reconstruction_report(model, test_images, classifier)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,8 +108,15 @@ def main() -> None:
     run.add_argument("--set", action="append", default=[])
     run.add_argument("--classifier")
     run.add_argument("--device", default="cpu")
+    scored = commands.add_parser("score")
+    scored.add_argument("model", help="a text-to-image model: a shipped name (mnist) or a run")
+    scored.add_argument("--images", type=int, default=2000, help="the first N test images")
+    scored.add_argument("--classifier", help="for the FID of the reconstructions (classifier_mnist)")
+    scored.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.command == "speed":
+    if args.command == "score":
+        score(args)
+    elif args.command == "speed":
         for image_shape in ((1, 28, 28), (3, 32, 32)):
             for threads in (1, 2):
                 print(f"{image_shape}, {threads} thread(s): {training_speed(threads, image_shape):.0f} images/s")

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = checkpoint_command("eval", "likelihood bounds and FID of a generative model; exact likelihood and "
                                           "two-sample statistics of a score model of 2-d points; prompt adherence "
-                                          "and FID of a text-to-image model (with --classifier)")
+                                          "and FID of a text-to-image model; a classifier's accuracy")
     evaluate.add_argument("--split", choices=["train", "test"], default="test", help="which images to score "
                                                                                    "(default: test)")
     evaluate.add_argument("--num-samples", "-k", type=_positive_int,
