@@ -38,8 +38,7 @@ def digits_runs(tmp_path_factory):
 
 
 def test_the_shipped_mnist_classifier_is_a_classifier_of_mnist():
-    assert SHIPPED_CLASSIFIERS == {"mnist": "classifier_mnist"}
-    classifier = minisd.load("classifier_mnist")
+    classifier = minisd.load(SHIPPED_CLASSIFIERS["mnist"])
     assert isinstance(classifier, Classifier) and not classifier.training
     assert classifier.hparams["image_shape"] == [1, 28, 28] and classifier.hparams["num_classes"] == 10
     config = json.loads((shipped_models()["classifier_mnist"] / "config.json").read_text())
