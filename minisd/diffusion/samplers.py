@@ -55,7 +55,8 @@ from minisd.diffusion.probability_flow import FIXED_STEP_STAGES, fixed_step_eval
 from minisd.diffusion.sampling_steps import Callback, add_noise, denoise, forward_transition, grid_alphas_sigmas
 from minisd.diffusion.score_samplers import (check_score_sampler_args, sample_annealed_langevin,
                                              sample_euler_maruyama, sample_pc)
-from minisd.diffusion.spacing import start_time, time_steps
+from minisd.diffusion.discrete import DISCRETE_SPACINGS, DiscreteSchedule, discrete_time_steps
+from minisd.diffusion.spacing import SPACINGS, start_time, time_steps
 from minisd.errors import ConfigError, SamplingError
 
 # --------------------------------------------------------------------------------------
@@ -132,13 +133,16 @@ def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: 
 @torch.no_grad()
 def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: Any = None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                eta: float = 0.0) -> torch.Tensor:
+                eta: float = 0.0, clip_x0: float | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), deterministic for ``eta = 0``. 1 NFE per step.
 
         x_s = alpha_s x0_pred + sqrt(sigma_s^2 - c^2) eps_pred + c z,   c = eta * std q(x_s | x_t, x_0)
 
     keeps the marginal noise level sigma_s for any eta in [0, 1] (Song et al. eq. 16 for c); eta = 1 is the
     ancestral variance, and then DDIM is DDPM. With eta = 0 it is Euler on the probability-flow ODE.
+
+    ``clip_x0``: x0_pred is clipped to [-clip_x0, clip_x0] where it enters the step, eps_pred is not (diffusers'
+    DDIMScheduler with ``clip_sample``, the default of a folder that does not switch it off).
     """
     _check_eta("ddim", eta)
     ts, alphas, sigmas = grid_alphas_sigmas(denoiser, ts, x)
@@ -146,6 +150,8 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, ts: torch.Tensor, *, cond: 
         alpha_t, sigma_t, alpha_s, sigma_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         x0_pred = denoise(denoiser, x, ts[i], cond)
         eps_pred = eps_from_x0(x0_pred, x, alpha_t, sigma_t)
+        if clip_x0 is not None:
+            x0_pred = x0_pred.clamp(-clip_x0, clip_x0)
         noise_std = eta * _posterior_std(alpha_t, sigma_t, alpha_s, sigma_s)
         x = alpha_s * x0_pred + (sigma_s**2 - noise_std**2).clamp(min=0).sqrt() * eps_pred
         x = add_noise(x, noise_std, generator)
@@ -440,13 +446,20 @@ def _stop_if_not_finite(callback: Callback | None, sampler: str, steps: int) -> 
 
 
 def _start(denoiser: Denoiser, ts: torch.Tensor, shape: tuple[int, ...], x_start: torch.Tensor | None,
-           generator: torch.Generator | None, device, dtype) -> torch.Tensor:
-    """The state at ``ts[0]``: pure noise N(0, sigma^2 I), or ``x_start`` noised there, alpha x_start + sigma eps
-    (the forward process q(x_t | x_0), Luo (2022) eq. 70)."""
-    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+           generator: torch.Generator | None, device, dtype, noise: torch.Tensor | None = None,
+           unit_variance: bool = False) -> torch.Tensor:
+    """The state at ``ts[0]``: pure noise N(0, sigma^2 I) (N(0, I) with ``unit_variance``), or ``x_start`` noised
+    there, alpha x_start + sigma eps (the forward process q(x_t | x_0), Luo (2022) eq. 70). ``noise``: the standard
+    normal draw to use (diffusers' ``latents``), else one from ``generator``."""
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(noise.shape) != tuple(shape):
+        raise ConfigError(f"the starting noise has shape {tuple(noise.shape)}; the sampler was asked for {tuple(shape)}")
+    else:
+        noise = noise.to(device=device, dtype=dtype or torch.get_default_dtype())
     alpha, sigma = denoiser.schedule.alpha_sigma(ts[:1].to(noise))
     if x_start is None:
-        return sigma * noise
+        return noise if unit_variance else sigma * noise
     if tuple(x_start.shape) != tuple(shape):
         raise ConfigError(f"the start image has shape {tuple(x_start.shape)}; the sampler was asked for {tuple(shape)}")
     return alpha * x_start.to(noise) + sigma * noise
@@ -458,7 +471,7 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_
            generator: torch.Generator | None = None, cond: Any = None, callback: Callback | None = None,
            device: torch.device | str | None = None,
            dtype: torch.dtype | None = None, x_start: torch.Tensor | None = None, strength: float = 1.0,
-           **sampler_args: Any) -> torch.Tensor:
+           noise: torch.Tensor | None = None, **sampler_args: Any) -> torch.Tensor:
     """``shape[0]`` samples of shape ``shape``: noise N(0, sigma_{t_max}^2 I) from ``generator``, then ``sampler``.
 
     ``steps`` counts steps, not denoiser evaluations: see :func:`num_evaluations` (Heun spends about
@@ -470,9 +483,14 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_
     the final step to 0 (default :data:`~minisd.diffusion.spacing.T_MIN`).
 
     Image-to-image (SDEdit, Meng et al. 2022): given ``x_start`` (data of shape ``shape``, in the modelled space),
-    sampling runs only the last ``ceil(strength * steps)`` steps of the same grid, from ``x_start`` noised to the
-    time they start at. ``strength`` 1 starts from (almost) pure noise; a small strength changes little. (The
-    convention of diffusers' image-to-image pipelines, so the same numbers mean the same there.)
+    sampling runs only the last ``floor(strength * steps)`` steps (at least one) of the same grid, from ``x_start``
+    noised to the time they start at. ``strength`` 1 starts from (almost) pure noise; a small strength changes
+    little. (The convention of diffusers' image-to-image pipelines, so the same numbers mean the same there.)
+
+    ``spacing`` ``leading``, ``trailing`` or ``linspace`` (a :class:`~minisd.diffusion.discrete.DiscreteSchedule`
+    only) samples on the grid and from the starting noise a published model's diffusers scheduler would:
+    :func:`~minisd.diffusion.discrete.discrete_time_steps`. ``noise``: the standard normal start to use instead of
+    a draw (scaled as the grid's start asks), so that a caller can fix it.
 
     The default grid is uniform in log-SNR, the variable DPM-Solver++ steps in. On the Gaussian data of
     the tests it is the best grid for dpmpp_2m on every schedule and the only one on which Heun does well
@@ -484,10 +502,18 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, sampler: str = "dpmpp_
     never returned as an image.
     """
     check_sampler_args(sampler, steps=steps, strength=strength, **sampler_args)
-    ts = time_steps(denoiser.schedule, steps, spacing, t_max=start_time(denoiser.schedule) if t_max is None else t_max,
-                    t_min=t_min)
-    kept_steps = steps if x_start is None else max(1, math.ceil(strength * steps - 1e-9))
+    unit_variance = False
+    if spacing in DISCRETE_SPACINGS:
+        if not isinstance(denoiser.schedule, DiscreteSchedule):
+            raise ConfigError(f"the {spacing} spacing picks steps of a discrete-time model; this model's time is "
+                              f"continuous: use one of {SPACINGS}")
+        ts, unit_variance = discrete_time_steps(denoiser.schedule, steps, spacing, sampler)
+    else:
+        ts = time_steps(denoiser.schedule, steps, spacing,
+                        t_max=start_time(denoiser.schedule) if t_max is None else t_max, t_min=t_min)
+    steps = len(ts) - 1
+    kept_steps = steps if x_start is None else max(1, math.floor(strength * steps + 1e-9))
     ts = ts[steps - kept_steps:]
-    x = _start(denoiser, ts, shape, x_start, generator, device, dtype)
+    x = _start(denoiser, ts, shape, x_start, generator, device, dtype, noise, unit_variance)
     return SAMPLERS[sampler](denoiser, x, ts, cond=cond, generator=generator,
                              callback=_stop_if_not_finite(callback, sampler, kept_steps), **sampler_args)

@@ -35,6 +35,10 @@ from minisd.nn.latent_codec import LatentDecoder, LatentEncoder, check_codec_sha
 from minisd.distributions import kl_normal, sample_normal
 
 
+OWN_LAYOUT = dict(groups=8, norm_eps=1e-5, middle_attention=False, decoder_res_blocks=None,
+                  asymmetric_downsample=False, quant_convs=False)
+
+
 class LatentAutoencoder(Model):
     """KL-regularised convolutional autoencoder: images ``(B, C, H, W)`` in [0, 1] <-> latents ``(B, 4, H/4, W/4)``.
 
@@ -77,8 +81,10 @@ class LatentAutoencoder(Model):
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), latent_channels: int = 4,
                  base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
-                 kl_weight: float = 1e-3, reconstruction: str = "mse"):
-        check_codec_shape(image_shape, base_channels, channel_mults, num_res_blocks)
+                 kl_weight: float = 1e-3, reconstruction: str = "mse", groups: int = 8, norm_eps: float = 1e-5,
+                 middle_attention: bool = False, decoder_res_blocks: int | None = None,
+                 asymmetric_downsample: bool = False, quant_convs: bool = False):
+        check_codec_shape(image_shape, base_channels, channel_mults, num_res_blocks, groups)
         if latent_channels < 1:
             raise ConfigError(f"latent_channels must be at least 1, got {latent_channels}")
         if not kl_weight >= 0:
@@ -86,15 +92,24 @@ class LatentAutoencoder(Model):
         if reconstruction not in self.reconstruction_losses:
             raise ConfigError(f"reconstruction must be one of {list(self.reconstruction_losses)}, "
                               f"not {reconstruction!r}")
+        # Stable Diffusion's layout (minisd.nn.latent_codec); recorded only where it differs from minisd's own, so
+        # that the configs of minisd's autoencoders stay as they were.
+        layout = dict(groups=groups, norm_eps=norm_eps, middle_attention=middle_attention,
+                      decoder_res_blocks=decoder_res_blocks, asymmetric_downsample=asymmetric_downsample,
+                      quant_convs=quant_convs)
+        layout = {key: value for key, value in layout.items() if value != OWN_LAYOUT[key]}
         super().__init__(image_shape=list(image_shape), latent_channels=latent_channels,
                          base_channels=base_channels, channel_mults=list(channel_mults),
-                         num_res_blocks=num_res_blocks, kl_weight=kl_weight, reconstruction=reconstruction)
+                         num_res_blocks=num_res_blocks, kl_weight=kl_weight, reconstruction=reconstruction, **layout)
         self.image_shape = tuple(image_shape)
         self.latent_channels, self.kl_weight, self.reconstruction = latent_channels, kl_weight, reconstruction
-        networks = dict(base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks)
+        networks = dict(base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
+                        groups=groups, norm_eps=norm_eps, middle_attention=middle_attention, quant_convs=quant_convs)
         # One head of 2 * latent_channels maps: a mean and a log-variance per latent element.
-        self.encoder = LatentEncoder(self.image_shape[0], 2 * latent_channels, **networks)
-        self.decoder = LatentDecoder(latent_channels, self.image_shape[0], **networks)
+        self.encoder = LatentEncoder(self.image_shape[0], 2 * latent_channels, **networks,
+                                     asymmetric_downsample=asymmetric_downsample)
+        self.decoder = LatentDecoder(latent_channels, self.image_shape[0], **networks,
+                                     decoder_res_blocks=decoder_res_blocks)
         # Persistent, so that it is saved in model.safetensors with the weights (and copied, not
         # averaged, by the EMA): a checkpoint's latents keep the scale the diffusion model trained on.
         self.register_buffer("latent_scale", torch.tensor(1.0))

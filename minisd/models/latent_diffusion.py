@@ -22,12 +22,11 @@ from typing import Any
 import torch
 
 from minisd import batch_rows
+from minisd.errors import ConfigError
 from minisd.models.base import Model
 from minisd.models.clip import ContrastiveTextImage
 from minisd.models.diffusion import DiffusionModel
 from minisd.models.latent_autoencoder import LatentAutoencoder
-
-
 
 
 class LatentDiffusion(Model):
@@ -86,6 +85,31 @@ class LatentDiffusion(Model):
     @property
     def tokenizer(self):
         return self.text_encoder.tokenizer
+
+    # --- what the text-to-image pipeline asks of a model (StableDiffusion answers the same) --------------
+
+    @property
+    def denoiser(self):
+        """The latent diffusion model's denoiser: D(z_t, t, context) -> z0_hat."""
+        return self.diffusion.denoiser
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """The latents of a ``height`` x ``width`` picture: this model draws only the size it was trained on."""
+        if (height, width) != tuple(self.image_shape[1:]):
+            raise ConfigError(f"this model draws {self.image_shape[1]}x{self.image_shape[2]} pictures, the size it was "
+                              f"trained on; {height}x{width} was asked")
+        return self.autoencoder.latent_shape
+
+    def sampling_options(self, sampler: str) -> dict[str, Any]:
+        """How ``sampler`` runs: on the samplers' default grid (uniform in log-SNR), x0_hat unclipped (latents are
+        not bounded)."""
+        return {"clip": None}
+
+    @torch.no_grad()
+    def encode_init_image(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Latents of init images in [0, 1]: the posterior means (the autoencoder's posterior is narrow; ``generator``
+        is not used)."""
+        return self.autoencoder.encode(images)
 
     def extra_files(self) -> dict[str, bytes]:
         return self.text_encoder.extra_files()

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minisd.nn.mlp import GEGLU
+
 
 def zero_init(layer: nn.Module) -> nn.Module:
     """Set every parameter of ``layer`` to zero, and return it.
@@ -27,19 +29,23 @@ class MultiHeadAttention(nn.Module):
 
     Queries come from ``x: (B, N, dim)``; keys and values from ``context: (B, L, context_dim)``
     (cross-attention) or, when no context is given, from ``x`` itself (self-attention).
-    Returns ``(B, N, dim)``. The output projection starts at zero (see :func:`zero_init`).
+    Returns ``(B, N, dim)``. The output projection starts at zero (see :func:`zero_init`). ``causal``: query i
+    reads only keys 0..i, as a text transformer trained to predict the next token does (CLIP's text tower).
     """
 
-    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None):
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, *, bias: bool = False,
+                 causal: bool = False):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"{dim} channels cannot be split into {num_heads} heads; "
                              "choose num_heads dividing every level's channel count")
-        self.num_heads = num_heads
+        self.num_heads, self.causal = num_heads, causal
         self.recorded: list[torch.Tensor] | None = None  # attention weights, while a recorder listens
-        self.to_query = nn.Linear(dim, dim, bias=False)
+        # bias: CLIP's text transformer and Stable Diffusion's autoencoder give queries, keys and values a bias;
+        # the UNet's attention does not (a bias on keys shifts every score of a query equally: softmax ignores it).
+        self.to_query = nn.Linear(dim, dim, bias=bias)
         # Keys and values in one matrix multiply: one pass over the (possibly long) source.
-        self.to_key_value = nn.Linear(context_dim or dim, 2 * dim, bias=False)
+        self.to_key_value = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
         self.to_out = zero_init(nn.Linear(dim, dim))
 
     def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -54,8 +60,10 @@ class MultiHeadAttention(nn.Module):
         # A (B, 1, 1, L) mask broadcasts over heads and queries.
         mask = None if context_mask is None else context_mask[:, None, None, :]
         query, key, value = self._split_heads(self.to_query(x)), self._split_heads(key), self._split_heads(value)
+        if self.causal and mask is not None:
+            raise ValueError("a causal attention takes no context mask: its queries already skip the later tokens")
         if self.recorded is None:
-            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=self.causal)
         else:  # the same softmax(Q K^T / sqrt(d)) V, written out to keep the weights
             scores = query @ key.transpose(-2, -1) / query.shape[-1] ** 0.5
             weights = scores.masked_fill(~mask, float("-inf")).softmax(-1) if mask is not None else scores.softmax(-1)
@@ -68,28 +76,66 @@ class SpatialAttention(nn.Module):
     """Attention over the H*W pixels of ``x: (B, C, H, W)``, returned in the same shape.
 
     ``x + SelfAttention(LayerNorm(x))``, then, when built with ``context_dim``, ``+ CrossAttention(
-    LayerNorm(.), context)``: the pre-norm residual form of a transformer block (as in Stable
-    Diffusion's transformer blocks, without their feed-forward layer: the UNet's convolutions follow).
+    LayerNorm(.), context)``: the pre-norm residual form of a transformer block, on one token per pixel.
     Called without a context, the cross-attention is skipped, which is how an unconditional
     ("null text") pass for classifier-free guidance adds nothing from the text.
+
+    ``transformer=True`` makes it Stable Diffusion's spatial transformer (Rombach et al. 2022, their
+    ``SpatialTransformer``): the tokens come from a GroupNorm and a linear projection of the pixels (SD 1.x
+    stores it as a 1x1 convolution, the same map), the block adds a feed-forward layer (GEGLU, 4x wider) after
+    the attentions, and a projection back adds the whole to ``x``. Without it, minisd's own UNets keep the
+    lighter block: their convolutions follow, and at MNIST's sizes the feed-forward layer did not pay its cost.
     """
 
-    def __init__(self, channels: int, num_heads: int, context_dim: int | None = None):
+    def __init__(self, channels: int, num_heads: int, context_dim: int | None = None, *, transformer: bool = False,
+                 groups: int = 32, norm_eps: float = 1e-6):
         super().__init__()
+        self.transformer = transformer
+        if transformer:
+            self.in_norm = nn.GroupNorm(groups, channels, eps=norm_eps)
+            self.proj_in = nn.Linear(channels, channels)
         self.self_norm = nn.LayerNorm(channels)
         self.self_attention = MultiHeadAttention(channels, num_heads)
         self.cross_norm = nn.LayerNorm(channels) if context_dim else None
         self.cross_attention = MultiHeadAttention(channels, num_heads, context_dim) if context_dim else None
+        if transformer:
+            self.feed_forward_norm = nn.LayerNorm(channels)
+            self.feed_forward = nn.Sequential(GEGLU(channels, 4 * channels), nn.Linear(4 * channels, channels))
+            self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``context: (B, L, context_dim)``, ``context_mask: (B, L)`` bool (True = attend), both optional."""
         batch, channels, height, width = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, H*W, C), a view: one token per pixel
+        pixels = self.in_norm(x) if self.transformer else x
+        tokens = pixels.flatten(2).transpose(1, 2)  # (B, H*W, C), a view: one token per pixel
+        if self.transformer:
+            tokens = self.proj_in(tokens)
         tokens = tokens + self.self_attention(self.self_norm(tokens))
         if self.cross_attention is not None and context is not None:
             tokens = tokens + self.cross_attention(self.cross_norm(tokens), context, context_mask)
-        return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        if self.transformer:
+            tokens = self.proj_out(tokens + self.feed_forward(self.feed_forward_norm(tokens)))
+        out = tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        return x + out if self.transformer else out
+
+
+class ImageSelfAttention(nn.Module):
+    """``x + Attention(GroupNorm(x))`` over the pixels of ``x: (B, C, H, W)``, one head as wide as the channels.
+
+    The attention in the middle of Stable Diffusion's autoencoder (after VQGAN, Esser et al. 2021): at the coarsest
+    map (64x64 for a 512x512 image) it lets every position see the whole image, which its convolutions cannot.
+    """
+
+    def __init__(self, channels: int, groups: int = 32, norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=norm_eps)
+        self.attention = MultiHeadAttention(channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        tokens = self.attention(self.norm(x).flatten(2).transpose(1, 2))
+        return x + tokens.transpose(1, 2).reshape(batch, channels, height, width)
 
 
 class CrossAttentionRecorder:

@@ -35,16 +35,23 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = MAX
 
 
 class TimeEmbedding(nn.Module):
-    """Times ``t: (B,)`` in [0, 1] -> ``(B, embedding_dim)``: sinusoidal features of 1000 t, then Linear-SiLU-Linear.
+    """Times ``t: (B,)`` in [0, 1] -> ``(B, embedding_dim)``: sinusoidal features of ``time_scale t + time_shift``
+    (1000 t by default), then Linear-SiLU-Linear.
 
     The fixed features make t easy to read at every scale; the learned MLP turns them into
-    whatever the residual blocks need (in the UNet: a per-channel scale and shift).
+    whatever the residual blocks need (in the UNet: a per-channel scale and shift). A discrete-time model trained
+    on the step index k = 0..T-1 (Stable Diffusion: T = 1000) is read at t = (k + 1) / T, so it is built with
+    ``time_scale = T`` and ``time_shift = -1``; the affine map is taken in float64, so an integer step reaches the
+    features exactly as the integer it was trained on.
     """
 
-    def __init__(self, feature_dim: int, embedding_dim: int, time_scale: float = TIME_SCALE):
+    def __init__(self, feature_dim: int, embedding_dim: int, time_scale: float = TIME_SCALE, time_shift: float = 0.0):
         super().__init__()
-        self.feature_dim, self.time_scale = feature_dim, time_scale
+        self.feature_dim, self.time_scale, self.time_shift = feature_dim, time_scale, time_shift
         self.mlp = mlp([feature_dim, embedding_dim, embedding_dim], activation="silu")
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(self.time_scale * t, self.feature_dim))
+        if self.time_shift == 0:  # minisd's own models: unchanged to the bit
+            return self.mlp(sinusoidal_embedding(self.time_scale * t, self.feature_dim))
+        steps = (self.time_scale * t.double() + self.time_shift).to(t.dtype)
+        return self.mlp(sinusoidal_embedding(steps, self.feature_dim))

@@ -12,6 +12,13 @@ already see most of the map, and the reconstructions are sharp without it (minis
 ``channel_mults=(1, 2, 2)`` gives three levels and two halvings: 28 -> 14 -> 7 and 32 -> 16 -> 8. The
 output is a feature map, not a vector: each latent "pixel" describes a 4x4 patch, which is what lets a
 diffusion UNet work on the latents as on a (smaller) image.
+
+Stable Diffusion's own autoencoder is the same layout configured (:mod:`minisd.models.stable_diffusion` reads its
+config): four levels (factor 8), 32 groups with eps 1e-6, ``middle_attention`` (the middle is residual block,
+self-attention, residual block), one more residual block per level in the decoder (``decoder_res_blocks``), a
+downsample padded on the right and bottom only (``asymmetric_downsample``), and a 1x1 convolution after the encoder
+and before the decoder (``quant_convs``: VQGAN's "quantisation" convolutions, kept when the KL version dropped
+the codebook).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 from torch import nn
 
 from minisd.errors import ConfigError
-from minisd.nn.attention import zero_init
+from minisd.nn.attention import ImageSelfAttention, zero_init
 from minisd.nn.unet import downsample, upsample
 
 
@@ -34,11 +41,12 @@ class ResBlock(nn.Module):
     embedding: an autoencoder has no noise level to condition on.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int = 8):
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 8, norm_eps: float = 1e-5):
         super().__init__()
         self.branch = nn.Sequential(
-            nn.GroupNorm(groups, in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            nn.GroupNorm(groups, out_channels), nn.SiLU(),
+            nn.GroupNorm(groups, in_channels, eps=norm_eps), nn.SiLU(),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.GroupNorm(groups, out_channels, eps=norm_eps), nn.SiLU(),
             zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
@@ -70,22 +78,45 @@ def check_codec_shape(image_shape: Sequence[int], base_channels: int, channel_mu
                           f"factor {factor} of {len(channel_mults)} levels; use fewer channel_mults or pad the images")
 
 
+def downsample_bottom_right(channels: int) -> nn.Module:
+    """Stride-2 3x3 convolution over the map padded by one row and column on the bottom and right only: Stable
+    Diffusion's autoencoder (``downsample`` pads all four sides; the two differ only at the borders)."""
+    return nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(channels, channels, 3, stride=2, padding=0))
+
+
+def middle_blocks(channels: int, groups: int, norm_eps: float, attention: bool) -> list[nn.Module]:
+    """A residual block, then (with ``attention``) self-attention and a second residual block."""
+    blocks: list[nn.Module] = [ResBlock(channels, channels, groups, norm_eps)]
+    if attention:
+        blocks += [ImageSelfAttention(channels, groups, norm_eps), ResBlock(channels, channels, groups, norm_eps)]
+    return blocks
+
+
 class LatentEncoder(nn.Module):
-    """Image ``(B, in_channels, H, W)`` -> ``(B, out_channels, H/f, W/f)``, ``f = 2 ** (len(channel_mults) - 1)``."""
+    """Image ``(B, in_channels, H, W)`` -> ``(B, out_channels, H/f, W/f)``, ``f = 2 ** (len(channel_mults) - 1)``.
+
+    The keyword-only settings configure Stable Diffusion's encoder (see the module docstring).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
-                 channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, groups: int = 8):
+                 channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, groups: int = 8, *,
+                 norm_eps: float = 1e-5, middle_attention: bool = False, asymmetric_downsample: bool = False,
+                 quant_convs: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 3, padding=1)]
         channels = base_channels
+        halve = downsample_bottom_right if asymmetric_downsample else downsample
         for level, mult in enumerate(channel_mults):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock(channels, base_channels * mult, groups))
+                layers.append(ResBlock(channels, base_channels * mult, groups, norm_eps))
                 channels = base_channels * mult
             if level < len(channel_mults) - 1:
-                layers.append(downsample(channels))
-        layers += [ResBlock(channels, channels, groups),
-                   nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+                layers.append(halve(channels))
+        layers += [*middle_blocks(channels, groups, norm_eps, middle_attention),
+                   nn.GroupNorm(groups, channels, eps=norm_eps), nn.SiLU(),
+                   nn.Conv2d(channels, out_channels, 3, padding=1)]
+        if quant_convs:
+            layers.append(nn.Conv2d(out_channels, out_channels, 1))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,20 +124,25 @@ class LatentEncoder(nn.Module):
 
 
 class LatentDecoder(nn.Module):
-    """``(B, in_channels, h, w)`` -> ``(B, out_channels, h * f, w * f)``: the mirror image of :class:`LatentEncoder`."""
+    """``(B, in_channels, h, w)`` -> ``(B, out_channels, h * f, w * f)``: the mirror image of :class:`LatentEncoder`,
+    with ``decoder_res_blocks`` residual blocks per level (default ``num_res_blocks``)."""
 
     def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
-                 channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, groups: int = 8):
+                 channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, groups: int = 8, *,
+                 norm_eps: float = 1e-5, middle_attention: bool = False, decoder_res_blocks: int | None = None,
+                 quant_convs: bool = False):
         super().__init__()
         channels = base_channels * channel_mults[-1]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), ResBlock(channels, channels, groups)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, in_channels, 1)] if quant_convs else []
+        layers += [nn.Conv2d(in_channels, channels, 3, padding=1),
+                   *middle_blocks(channels, groups, norm_eps, middle_attention)]
         for level in reversed(range(len(channel_mults))):
-            for _ in range(num_res_blocks):
-                layers.append(ResBlock(channels, base_channels * channel_mults[level], groups))
+            for _ in range(num_res_blocks if decoder_res_blocks is None else decoder_res_blocks):
+                layers.append(ResBlock(channels, base_channels * channel_mults[level], groups, norm_eps))
                 channels = base_channels * channel_mults[level]
             if level > 0:
                 layers.append(upsample(channels))
-        layers += [nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+        layers += [nn.GroupNorm(groups, channels, eps=norm_eps), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minisd.nn.attention import SpatialAttention, zero_init
@@ -32,6 +33,7 @@ from minisd.nn.embeddings import TimeEmbedding
 
 Conditioning = torch.Tensor | Mapping[str, torch.Tensor | None] | None
 CONDITION_KEYS = ("label", "context", "context_mask")
+TIME_CONDITIONINGS = ("scale_shift", "add")
 
 
 class ResidualBlock(nn.Module):
@@ -39,17 +41,25 @@ class ResidualBlock(nn.Module):
 
     branch = GroupNorm -> SiLU -> conv3x3 -> GroupNorm, scaled and shifted by the embedding
     -> SiLU -> dropout -> conv3x3 (zero-initialised, so the block starts as ``skip``).
+
+    ``time_conditioning="add"`` is DDPM's and Stable Diffusion's older form: the embedding is projected to one
+    shift per channel and added *before* the second GroupNorm (``embedding_to_scale_shift`` then gives the shift
+    alone).
     """
 
     def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, dropout: float = 0.0,
-                 groups: int = 8):
+                 groups: int = 8, time_conditioning: str = "scale_shift"):
         super().__init__()
+        if time_conditioning not in TIME_CONDITIONINGS:
+            raise ValueError(f"time_conditioning must be one of {TIME_CONDITIONINGS}, got {time_conditioning!r}")
+        self.scale_shift = time_conditioning == "scale_shift"
         self.in_layers = nn.Sequential(nn.GroupNorm(groups, in_channels), nn.SiLU(),
                                        nn.Conv2d(in_channels, out_channels, 3, padding=1))
         # FiLM ("scale-shift norm", Dhariwal & Nichol 2021): the embedding rescales each channel
         # after normalisation rather than only adding to it, so the noise level can set how strongly
         # a feature is used; they found it better than adding. 1 + scale: a zero scale changes nothing.
-        self.embedding_to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(embedding_dim, 2 * out_channels))
+        shifts = 2 * out_channels if self.scale_shift else out_channels
+        self.embedding_to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(embedding_dim, shifts))
         self.out_norm = nn.GroupNorm(groups, out_channels)
         self.out_layers = nn.Sequential(nn.SiLU(), Dropout(dropout),
                                         zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
@@ -57,8 +67,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         hidden = self.in_layers(x)
-        scale, shift = self.embedding_to_scale_shift(emb)[:, :, None, None].chunk(2, dim=1)
-        hidden = self.out_norm(hidden) * (1 + scale) + shift
+        if self.scale_shift:
+            scale, shift = self.embedding_to_scale_shift(emb)[:, :, None, None].chunk(2, dim=1)
+            hidden = self.out_norm(hidden) * (1 + scale) + shift
+        else:
+            hidden = self.out_norm(hidden + self.embedding_to_scale_shift(emb)[:, :, None, None])
         return self.skip(x) + self.out_layers(hidden)
 
 
@@ -66,10 +79,12 @@ class UNetBlock(nn.Module):
     """The unit the UNet repeats: a :class:`ResidualBlock`, then :class:`SpatialAttention` if ``attention``."""
 
     def __init__(self, in_channels: int, out_channels: int, embedding_dim: int, *, attention: bool,
-                 num_heads: int, context_dim: int | None, dropout: float, groups: int):
+                 num_heads: int, context_dim: int | None, dropout: float, groups: int,
+                 time_conditioning: str = "scale_shift", transformer: bool = False):
         super().__init__()
-        self.residual = ResidualBlock(in_channels, out_channels, embedding_dim, dropout, groups)
-        self.attention = SpatialAttention(out_channels, num_heads, context_dim) if attention else None
+        self.residual = ResidualBlock(in_channels, out_channels, embedding_dim, dropout, groups, time_conditioning)
+        self.attention = SpatialAttention(out_channels, num_heads, context_dim, transformer=transformer,
+                                          groups=groups) if attention else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,35 +114,50 @@ class UNet(nn.Module):
     ``num_classes``: adds a class embedding with ``num_classes + 1`` rows; the last, index
     ``num_classes`` (= :attr:`null_label`), is the "no class" token that classifier-free guidance
     trains with and samples against. ``context_dim``: adds cross-attention to a context of that width.
+
+    Stable Diffusion's UNet is this one configured (``minisd.models.stable_diffusion`` reads its config):
+    ``num_heads`` one per level (the middle takes the coarsest's), ``middle_attention=True`` (its coarsest level
+    has no attention but its middle does), ``time_conditioning="add"``, ``transformer=True`` (spatial
+    transformers, see :class:`SpatialAttention`), 32 groups, and ``time_scale=1000, time_shift=-1`` (it was
+    trained on step indices 0..999, see :class:`~minisd.nn.embeddings.TimeEmbedding`), ``upsample_to_skip=True``.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 32,
                  channel_mults: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
-                 attention_levels: Sequence[int] | None = None, num_heads: int = 4, dropout: float = 0.0,
-                 num_classes: int | None = None, context_dim: int | None = None, groups: int = 8):
+                 attention_levels: Sequence[int] | None = None, num_heads: int | Sequence[int] = 4,
+                 dropout: float = 0.0, num_classes: int | None = None, context_dim: int | None = None,
+                 groups: int = 8, middle_attention: bool | None = None, time_conditioning: str = "scale_shift",
+                 transformer: bool = False, time_scale: float = 1000.0, time_shift: float = 0.0,
+                 upsample_to_skip: bool = False):
         super().__init__()
         num_levels = len(channel_mults)
         coarsest = num_levels - 1
         attention_levels = (coarsest,) if attention_levels is None else tuple(attention_levels)
+        heads = [num_heads] * num_levels if isinstance(num_heads, int) else list(num_heads)
+        if len(heads) != num_levels:
+            raise ValueError(f"num_heads gives {len(heads)} head counts for {num_levels} levels: give one, or one per level")
+        middle_attention = coarsest in attention_levels if middle_attention is None else middle_attention
         if num_levels == 0 or num_res_blocks < 1:
             raise ValueError("a UNet needs at least one level and one residual block per level")
         if any(level not in range(num_levels) for level in attention_levels):
             raise ValueError(f"attention_levels {attention_levels} must lie in 0..{coarsest} (one per channel mult)")
         if any(base_channels * mult % groups for mult in (1, *channel_mults)):
             raise ValueError(f"every level's channel count (base_channels * mult) must be divisible by groups={groups}")
-        if context_dim is not None and not attention_levels:
+        if context_dim is not None and not (attention_levels or middle_attention):
             raise ValueError("cross-attention to a context needs attention blocks: give attention_levels")
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
         self.num_levels, self.num_classes, self.context_dim = num_levels, num_classes, context_dim
         self.null_label = num_classes  # the "no class" index; None when there are no classes
+        self.upsample_to_skip = upsample_to_skip
 
         embedding_dim = 4 * base_channels
-        self.time_embedding = TimeEmbedding(base_channels, embedding_dim)
+        self.time_embedding = TimeEmbedding(base_channels, embedding_dim, time_scale, time_shift)
         self.class_embedding = None if num_classes is None else nn.Embedding(num_classes + 1, embedding_dim)
 
-        def block(in_ch: int, out_ch: int, attention: bool) -> UNetBlock:
-            return UNetBlock(in_ch, out_ch, embedding_dim, attention=attention, num_heads=num_heads,
-                             context_dim=context_dim, dropout=dropout, groups=groups)
+        def block(in_ch: int, out_ch: int, attention: bool, level: int) -> UNetBlock:
+            return UNetBlock(in_ch, out_ch, embedding_dim, attention=attention, num_heads=heads[level],
+                             context_dim=context_dim, dropout=dropout, groups=groups,
+                             time_conditioning=time_conditioning, transformer=transformer)
 
         self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         channels, skip_channels = base_channels, [base_channels]
@@ -135,7 +165,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mults):
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
-                blocks.append(block(channels, base_channels * mult, level in attention_levels))
+                blocks.append(block(channels, base_channels * mult, level in attention_levels, level))
                 channels = base_channels * mult
                 skip_channels.append(channels)
             self.down_levels.append(blocks)
@@ -143,15 +173,15 @@ class UNet(nn.Module):
                 self.downsamples.append(downsample(channels))
                 skip_channels.append(channels)
 
-        self.middle = nn.ModuleList([block(channels, channels, coarsest in attention_levels),
-                                     block(channels, channels, False)])
+        self.middle = nn.ModuleList([block(channels, channels, middle_attention, coarsest),
+                                     block(channels, channels, False, coarsest)])
 
         self.up_levels, self.upsamples = nn.ModuleList(), nn.ModuleList()
         for level in reversed(range(num_levels)):
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
                 blocks.append(block(channels + skip_channels.pop(), base_channels * channel_mults[level],
-                                    level in attention_levels))
+                                    level in attention_levels, level))
                 channels = base_channels * channel_mults[level]
             self.up_levels.append(blocks)
             if level > 0:
@@ -188,9 +218,14 @@ class UNet(nn.Module):
                 hidden = block(torch.cat([hidden, skips.pop()], dim=1), emb, context, context_mask)
             if level < len(self.upsamples):
                 # An odd side was rounded up on the way down (7 -> 4); doubling overshoots (4 -> 8) by the
-                # one row and column that the skip it meets next has not: crop them.
+                # one row and column that the skip it meets next has not: crop them. (Stable Diffusion instead
+                # resizes straight to the skip's size before its convolution: ``upsample_to_skip``.)
                 height, width = skips[-1].shape[-2:]
-                hidden = self.upsamples[level](hidden)[..., :height, :width]
+                if self.upsample_to_skip:
+                    _, conv = self.upsamples[level]
+                    hidden = conv(F.interpolate(hidden, size=(height, width), mode="nearest"))
+                else:
+                    hidden = self.upsamples[level](hidden)[..., :height, :width]
         return self.output(hidden)
 
     def _split_conditioning(self, cond: Conditioning) -> tuple[torch.Tensor | None, ...]:

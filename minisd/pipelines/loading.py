@@ -5,6 +5,7 @@ command's ``--model`` or checkpoint argument go through :func:`resolve_model`.
     a model folder           "checkpoints/shapes"     -> itself (it holds model_index.json)
     a text-to-image run      "runs/t2i"               -> runs/t2i/model, named after the run
     a run or checkpoint      "runs/vae", ".../unet"   -> its checkpoint (RUN/checkpoint, or the folder itself)
+    a Stable Diffusion folder  "~/sd-1.5"             -> itself (diffusers' layout: model_index.json names its pipeline)
 
 A path that exists is always taken as a path, so a folder of the user's never hides behind a shipped name.
 """
@@ -21,6 +22,8 @@ from minisd.errors import CheckpointError, ConfigError
 from minisd.models.files import find_checkpoint, load as load_saved_model, weights_hash
 from minisd.models.latent_diffusion import LatentDiffusion
 from minisd.models.model_folder import RUN_MODEL_FOLDER, is_model_folder, load_model_folder, model_hash
+from minisd.models.stable_diffusion import (is_stable_diffusion_folder, load_stable_diffusion,
+                                            stable_diffusion_fingerprint)
 from minisd.pipelines.text_to_image import TextToImagePipeline
 from minisd.shipped import DEFAULT_MODEL, shipped_models
 
@@ -33,6 +36,7 @@ class ModelLocation:
     folder: Path
     name: str
     is_text_to_image_folder: bool
+    is_stable_diffusion: bool = False  # a published model's diffusers folder (minisd.models.stable_diffusion)
 
 
 def shipped_text_to_image_models() -> dict[str, Path]:
@@ -53,6 +57,8 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> ModelLocation:
             raise CheckpointError(f"no model {given!r}: there is no such folder")
         else:
             raise ConfigError(f"no model {given!r}: not a folder, and not one of the shipped models {sorted(shipped)}")
+    if is_stable_diffusion_folder(path):
+        return ModelLocation(path, path.resolve().name, True, is_stable_diffusion=True)
     for folder in (path, path / RUN_MODEL_FOLDER):
         if is_model_folder(folder):
             return ModelLocation(folder, path.resolve().name, True)
@@ -68,6 +74,9 @@ def load(name_or_path: str | os.PathLike, *, ema: bool = True, device: str | tor
     model folder, the run that trained one, or its ``unet`` stage's checkpoint (mid-training or done); else the
     model of a checkpoint or run folder (``ema``: its averaged weights), in eval mode."""
     location = resolve_model(name_or_path)
+    if location.is_stable_diffusion:
+        return TextToImagePipeline(load_stable_diffusion(location.folder, device), name=location.name,
+                                   weights_hash=stable_diffusion_fingerprint(location.folder))
     if location.is_text_to_image_folder:
         return TextToImagePipeline(load_model_folder(location.folder, device), name=location.name,
                                    weights_hash=model_hash(location.folder))

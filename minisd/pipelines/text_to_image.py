@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from minisd.diffusion.denoiser import ClippedDenoiser
 from minisd.diffusion.guidance import ClassifierFreeGuidance, check_scale
 from minisd.diffusion.inpainting import InpaintingDenoiser
 from minisd.diffusion.samplers import check_sampler_args
@@ -87,18 +88,18 @@ class TextToImagePipeline:
         self.model.to(device)
         return self
 
-    def _image(self, image: Image.Image | torch.Tensor, label: str) -> torch.Tensor:
-        channels, height, width = self.image_shape
+    def _image(self, image: Image.Image | torch.Tensor, label: str, height: int, width: int) -> torch.Tensor:
+        channels = self.image_shape[0]
         if isinstance(image, Image.Image):
             return image_to_tensor(image, size=(height, width), channels=channels, label=label)
         if image.dim() == 3:
             image = image[None]
-        if tuple(image.shape[1:]) != self.image_shape:
-            raise ConfigError(f"{label} has shape {tuple(image.shape[1:])}; this model makes {self.image_shape} images")
+        if tuple(image.shape[1:]) != (channels, height, width):
+            raise ConfigError(f"{label} has shape {tuple(image.shape[1:])}; the pictures asked for are "
+                              f"{(channels, height, width)}")
         return image.float()
 
-    def _mask(self, mask: Image.Image | torch.Tensor) -> torch.Tensor:
-        _, height, width = self.image_shape
+    def _mask(self, mask: Image.Image | torch.Tensor, height: int, width: int) -> torch.Tensor:
         if isinstance(mask, Image.Image):
             return mask_to_tensor(mask, size=(height, width))
         mask = mask[None] if mask.dim() == 3 else mask
@@ -113,6 +114,7 @@ class TextToImagePipeline:
                  callback: Callable[[dict[str, Any]], None] | None = None,
                  image: Image.Image | torch.Tensor | None = None, strength: float | None = None,
                  mask_image: Image.Image | torch.Tensor | None = None, return_attention: bool = False,
+                 height: int | None = None, width: int | None = None, latents: torch.Tensor | None = None,
                  **sampler_args: Any) -> PipelineOutput:
         """Images for ``prompt`` (one or a list; ``num_images_per_prompt`` each, in prompt order).
 
@@ -124,8 +126,10 @@ class TextToImagePipeline:
         masked region is redrawn (``strength`` default 1) and the rest is the init image as the autoencoder
         reconstructs it. ``generator`` fixes every noise draw; without one a seed is drawn (leaving torch's global
         RNG as it was) and returned as ``settings["seed"]``. ``callback`` gets, after every step, a dict with ``step`` (from 0), ``steps`` (how many run:
-        ``ceil(strength * steps)`` from an init image), ``t``, ``latents`` and ``x0_preview`` (the current estimate
-        of the images, decoded).
+        ``floor(strength * steps)`` from an init image), ``t``, ``latents`` and ``x0_preview`` (the current estimate
+        of the images, decoded). ``height`` and ``width``: the picture's size (default: the model's own; a model of
+        chapter 7 draws only that). ``latents``: the standard normal starting noise ``(N, C, h, w)``, as in diffusers
+        (the sampler scales it as its grid asks); by default drawn from ``generator``.
         """
         model = self.model
         prompts = _as_list(prompt, "prompt")
@@ -147,6 +151,9 @@ class TextToImagePipeline:
         if strength is None:
             strength = 1.0 if mask_image is not None else DEFAULT_IMG2IMG_STRENGTH
         check_sampler_args(sampler, steps=steps, strength=strength, **sampler_args)  # before any work
+        _, default_height, default_width = self.image_shape
+        height, width = height or default_height, width or default_width
+        latent_shape = model.latent_shape(height, width)
         if return_attention and scale == 0:
             # Guidance 0 runs the unconditional branch alone: the prompt's tokens are never attended to.
             raise ConfigError("attention maps show where the prompt acts, and at guidance_scale 0 it does not: "
@@ -157,22 +164,28 @@ class TextToImagePipeline:
         cond = model.encode_prompts([p for p in prompts for _ in range(repeat)])  # checks every prompt
         # An empty negative prompt is no negative prompt: the empty text the unconditional branch trained on.
         uncond = model.encode_prompts([p for p in negatives for _ in range(repeat)], allow_empty=True)
-        denoiser = ClassifierFreeGuidance(model.diffusion.denoiser, scale, uncond)
+        denoiser = ClassifierFreeGuidance(model.denoiser, scale, uncond)
+        seed = None
+        if generator is None:
+            # A seed of our own, drawn without torch.seed(), which would reseed the caller's global RNG; it is
+            # recorded in the settings, so the images can be made again.
+            seed = secrets.randbits(63)
+            generator = torch.Generator(self.device).manual_seed(seed)
         x_start = mask = None
         if image is not None:
-            pixels = self._image(image, "the init image").to(self.device)
-            pixels = pixels.expand(n, -1, -1, -1) if len(pixels) == 1 else pixels
-            if len(pixels) != n:
+            pixels = self._image(image, "the init image", height, width).to(self.device)
+            if len(pixels) not in (1, n):
                 raise ConfigError(f"{len(pixels)} init images for {n} images: give one, or one per image")
-            x_start = model.autoencoder.encode(pixels)
+            x_start = model.encode_init_image(pixels, generator)  # one draw per init image, then repeated
+            x_start = x_start.expand(n, -1, -1, -1) if len(x_start) == 1 else x_start
             if mask_image is not None:
-                mask = self._mask(mask_image).to(self.device)
+                mask = self._mask(mask_image, height, width).to(self.device)
                 # A latent cell is repainted if any pixel it covers is: the autoencoder's receptive field
                 # mixes neighbouring pixels, so a partly masked cell cannot be kept as it was.
                 latent_mask = F.adaptive_max_pool2d(mask, x_start.shape[-2:])
                 denoiser = InpaintingDenoiser(denoiser, x_start, latent_mask)
 
-        recorder = record_cross_attention(model.diffusion.denoiser.network) if return_attention else None
+        recorder = record_cross_attention(model.denoiser.network) if return_attention else None
         step_callback = None
         if callback is not None or recorder is not None:
             def step_callback(info: dict[str, Any]) -> None:
@@ -182,17 +195,15 @@ class TextToImagePipeline:
                     callback({"step": info["step"], "steps": info["steps"], "t": info["t"], "latents": info["x"],
                               "x0_preview": model.autoencoder.decode(info["x0_pred"])})
 
-        seed = None
-        if generator is None:
-            # A seed of our own, drawn without torch.seed(), which would reseed the caller's global RNG; it is
-            # recorded in the settings, so the images can be made again.
-            seed = secrets.randbits(63)
-            generator = torch.Generator(self.device).manual_seed(seed)
+        options = model.sampling_options(sampler)
+        clip = options.pop("clip")
+        if clip is not None:
+            denoiser = ClippedDenoiser(denoiser, -clip, clip)
         try:
-            latents = run_sampler(denoiser, (n, *model.autoencoder.latent_shape), sampler=sampler, steps=steps,
+            latents = run_sampler(denoiser, (n, *latent_shape), sampler=sampler, steps=steps,
                                   generator=generator, cond=cond, callback=step_callback, device=self.device,
-                                  x_start=x_start, strength=strength if x_start is not None else 1.0,
-                                  **sampler_args)
+                                  x_start=x_start, strength=strength if x_start is not None else 1.0, noise=latents,
+                                  **options, **sampler_args)
         finally:
             if recorder is not None:
                 recorder.close()
@@ -207,11 +218,11 @@ class TextToImagePipeline:
                     "negative_prompt": None if negative_prompt is None else negative_prompt,
                     "steps": steps, "sampler": sampler, "guidance_scale": scale,
                     "strength": strength if image is not None else None,
-                    "width": self.image_shape[2], "height": self.image_shape[1], "num_images": n,
+                    "width": width, "height": height, "num_images": n,
                     "model": self.name, "model_hash": self.weights_hash,
                     "seed": seed, **sampler_args}  # the seed drawn here (None: the caller's generator)
         output = PipelineOutput(images=to_pil(images) if output_type == "pil" else images.cpu(), settings=settings)
         if recorder is not None:
-            output.attention_maps = recorder.maps(n, model.autoencoder.latent_shape[1:])
+            output.attention_maps = recorder.maps(n, latent_shape[1:])
             output.tokens = [model.tokenizer.tokens(p) for p in prompts for _ in range(repeat)]
         return output
