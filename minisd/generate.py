@@ -26,6 +26,7 @@ from minisd.shipped import DEFAULT_MODEL
 _FLAG_OF_SETTING = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
                     "sampler": "sampler", "guidance_scale": "guidance", "strength": "strength",
                     "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model",
+                    "height": "height", "width": "width",
                     **{option.name: option.name for option in SAMPLER_OPTIONS}}
 
 
@@ -150,7 +151,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         if found is not None:
             note, known_by = found
             print(f"minisd: note: {note}" + (f": --model {known_by[0]}" if known_by else ""), file=sys.stderr)
-    channels, height, width = pipe.image_shape
+    channels, default_height, default_width = pipe.image_shape
+    height, width = args.height or default_height, args.width or default_width
     inputs: dict[str, Any] = {}
     if args.init_image is not None:
         inputs["image"] = load_image(args.init_image, size=(height, width), channels=channels)
@@ -160,7 +162,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     generator = torch.Generator(pipe.device).manual_seed(args.seed)
     output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, sampler=args.sampler, generator=generator,
-                  num_images_per_prompt=args.n, output_type="pt", strength=args.strength, **inputs, **sampler_args)
+                  num_images_per_prompt=args.n, output_type="pt", strength=args.strength, height=height, width=width,
+                  **inputs, **sampler_args)
     settings = {**output.settings, "seed": args.seed, "minisd_version": __version__,
                 "model": args.model or DEFAULT_MODEL}
     for key, path in (("init_image", args.init_image), ("mask", args.mask)):
@@ -183,6 +186,7 @@ def generate_png(prompt: str, out: str | Path, *, model: str | None = None, n: i
     flags = {"prompt": prompt, "out": str(out), "model": model, "n": n, "seed": seed, "device": device,
              "overwrite": overwrite, "negative_prompt": None, "steps": None, "guidance": None, "sampler": None,
              "separate": False, "init_image": None, "strength": None, "mask": None, "from_png": None,
+             "height": None, "width": None,
              **{option.name: None for option in SAMPLER_OPTIONS}}
     unknown = set(options) - set(flags)
     if unknown:
@@ -210,12 +214,15 @@ def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: An
                                                          "--separate")
     generate.add_argument("--separate", action="store_true", help="write numbered files OUT-0.png, OUT-1.png ... "
                                                                   "instead of one grid")
-    generate.add_argument("--init-image", help="image-to-image: the PNG to start from (the model's size)")
+    generate.add_argument("--height", type=positive_int, help="picture height in pixels (default: the model's; a "
+                                                              "Stable Diffusion folder draws multiples of 8)")
+    generate.add_argument("--width", type=positive_int, help="picture width in pixels (default: the model's)")
+    generate.add_argument("--init-image", help="image-to-image: the PNG to start from (resized to the picture's size)")
     generate.add_argument("--strength", type=float, help="how much of the init image to redraw, in (0, 1] "
                                                          "(default 0.8; 1 with --mask)")
     generate.add_argument("--mask", help="inpainting: white where to repaint, black where to keep the init image")
-    generate.add_argument("--model", help=f"model folder, run folder or shipped model name (default: "
-                                          f"{DEFAULT_MODEL}, from checkpoints/)")
+    generate.add_argument("--model", help=f"model folder, run folder, shipped model name, or a Stable Diffusion "
+                                          f"folder in diffusers' layout (default: {DEFAULT_MODEL}, from checkpoints/)")
     generate.add_argument("--from", dest="from_png", metavar="PNG", help="make the image stored in this PNG "
                                                                          "again, with its settings")
     generate.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -4,13 +4,15 @@
 Two styles, as the published models differ:
 
 - ``sd1``: conv projections in the UNet's transformers, quick-GELU CLIP, eps prediction, the PNDM scheduler config
-  of SD 1.x (leading spacing, steps_offset 1), the tokenizer in its older form (vocab.json, merges.txt);
+  of SD 1.x (leading spacing, steps_offset 1, clip_sample false), the tokenizer in its older form (vocab.json,
+  merges.txt);
 - ``sd2``: linear projections, GELU CLIP, v prediction, a DDIM config with trailing spacing, head counts per level,
   the tokenizer as current transformers saves it (tokenizer.json) with "!" as its padding.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -58,4 +60,7 @@ def save_folder(pipeline, folder: Path, style: str) -> Path:
     if style == "sd1":
         shutil.rmtree(folder / "tokenizer")
         shutil.copytree(Path(pipeline.tokenizer.name_or_path), folder / "tokenizer")
+        # SD 1.5's published PNDM config carries clip_sample false, which DDIM built from it reads (PNDM has none).
+        config_file = folder / "scheduler" / "scheduler_config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "clip_sample": False}, indent=2))
     return folder

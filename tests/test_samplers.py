@@ -432,9 +432,9 @@ def test_ode_solver_arguments_out_of_range_are_refused(args: dict, match: str) -
                         torch.tensor([0.5, 0.1, 0.0]), **args)
 
 
-@pytest.mark.parametrize("strength, kept", [(0.3, 3), (0.05, 1), (1.0, 10)])
+@pytest.mark.parametrize("strength, kept", [(0.3, 3), (0.05, 1), (0.39, 3), (1.0, 10)])
 def test_sampling_from_an_image_runs_the_last_steps_of_the_same_grid_from_it(strength, kept):
-    # Image-to-image: ceil(strength * steps) steps, the last ones of the full grid, starting from x_start noised
+    # Image-to-image: floor(strength * steps) steps (at least one), the last ones of the full grid, starting from x_start noised
     # to where they start; for data that is always x_start (a point mass) every sampler returns x_start.
     schedule = build_schedule("cosine")
     target = torch.randn(4, 3, dtype=torch.float64)

@@ -279,7 +279,7 @@ def test_an_uploaded_init_image_and_mask_are_saved_recorded_and_remade_by_minisd
     steps, generation = run_all(studio, request)
     folder = generation.files[0].parent
 
-    # Image-to-image at strength 0.5 runs the last ceil(0.5 * 4) = 2 of the 4 steps; inpainting (strength 1) all.
+    # Image-to-image at strength 0.5 runs the last floor(0.5 * 4) = 2 of the 4 steps; inpainting (strength 1) all.
     count = 4 if inpaint else 2
     assert [(event["step"], event["steps"]) for event in steps] == [(step, count) for step in range(1, count + 1)]
 

@@ -264,11 +264,12 @@ class ClipTokenizer:
     def eos_id(self) -> int:
         return self._ids["eos_token"]
 
-    def __call__(self, prompts: str | Sequence[str]) -> torch.Tensor:
+    def __call__(self, prompts: str | Sequence[str], *, allow_empty: bool = True) -> torch.Tensor:
         """Ids ``(B, max_length)`` int64: BOS, tokens (at most ``max_length - 2``), EOS, then padding.
 
-        A single string is a batch of one. "" is allowed: it is the unconditional prompt of
-        classifier-free guidance. Anything that is not a string is a ConfigError.
+        A single string is a batch of one. "" is allowed (``allow_empty`` is accepted for the interface minisd's
+        word-level tokenizer shares; Stable Diffusion reads the empty prompt as any other): it is the unconditional
+        prompt of classifier-free guidance. Anything that is not a string is a ConfigError.
         """
         batch = list(prompts) if isinstance(prompts, Sequence) and not isinstance(prompts, str) else [prompts]
         for prompt in batch:
@@ -287,6 +288,11 @@ class ClipTokenizer:
         if len(encoding.ids) <= self._max_length - 2:
             return ""
         return prompt[encoding.offsets[self._max_length - 2][0]:]
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """None: byte-level BPE spells any text from its 256 byte symbols, so no word is unknown to it."""
+        _check_prompt(prompt)
+        return []
 
     def __repr__(self) -> str:
         return f"ClipTokenizer(vocab_size={self.vocab_size}, max_length={self.max_length}, pad_id={self.pad_id})"

@@ -26,6 +26,9 @@ def add_serve_command(commands: Any, common: Any, positive_int: Any) -> None:
     serve.add_argument("--runs", default="runs",
                        help="folder whose text-to-image runs the page offers beside the shipped models "
                             "(default: runs)")
+    serve.add_argument("--model", action="append", default=[], metavar="FOLDER",
+                       help="a text-to-image model the page offers too, first in its list: a model or run folder, or a "
+                            "Stable Diffusion folder in diffusers' layout (repeat for several)")
     serve.add_argument("--vae", help=f"the 2-d VAE of the latent-plane tab: a run or checkpoint folder (default: "
                                      f"the shipped checkpoints/{DEFAULT_VAE})")
     serve.add_argument("--outputs", default="outputs/serve",
@@ -60,8 +63,16 @@ def run_serve(args: argparse.Namespace) -> None:
     limits = Limits(max_prompt_chars=args.max_prompt, max_steps=args.max_steps, max_images=args.max_images,
                     max_upload_bytes=int(args.max_upload_mb * 2**20), queue_size=args.queue)
     vae = resolve_model(args.vae).folder if args.vae else SHIPPED_MODELS / DEFAULT_VAE
+    given = {}
+    for name in args.model:  # checked before the server starts: a mistyped folder is one line, not a broken page
+        location = resolve_model(name)
+        if not location.is_text_to_image_folder:
+            raise ConfigError(f"--model {name}: not a text-to-image model (a model folder, a text-to-image run, or a "
+                              f"Stable Diffusion folder)")
+        given[name] = location.folder
+
     def models() -> dict[str, Path]:
-        return find_models(SHIPPED_MODELS, Path(args.runs))
+        return {**given, **find_models(SHIPPED_MODELS, Path(args.runs))}
 
     studio = Studio(models(), Path(args.outputs), limits=limits, device=str(resolve_device(args.device)),
                     vae=vae if vae.exists() else None, rescan=models)

@@ -69,6 +69,10 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
     options = dict(locals())  # the arguments by name, to name the options given that a family does not take
     own_args = sampler_args or {}
     location = resolve_model(checkpoint)
+    if location.is_stable_diffusion:
+        raise MinisdError(f"{checkpoint} is a published Stable Diffusion model; minisd eval measures a model on the "
+                          f"test set it was trained for (MNIST, Fashion-MNIST, shapes), which it has not. Draw with "
+                          f"minisd generate --model {checkpoint}")
     if location.is_text_to_image_folder:
         folder = location.folder
         unsupported = _given(options, ("fid_classifier", "fid_samples", "num_samples", "bound_steps",
