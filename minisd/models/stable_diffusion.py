@@ -122,21 +122,44 @@ def stable_diffusion_fingerprint(folder: str | os.PathLike) -> str:
     return fingerprint([weights_file(_part(folder, name)) for name in ("unet", "vae", "text_encoder")])
 
 
+def load_unet(part: Path) -> tuple[UNet, int]:
+    """SD's UNet from its folder (``unet/``: config.json and the safetensors), and its latent sample size."""
+    settings = unet_settings(Config(part / "config.json"))
+    sample_size = settings.pop("sample_size")
+    with torch.device("meta"):  # shapes only: nothing is allocated before the weights are checked against them
+        unet = UNet(**settings)
+    return load_weights(unet, weights_file(part), UNET_NAMES, part / "config.json"), sample_size
+
+
+def load_autoencoder(part: Path) -> LatentAutoencoder:
+    """SD's autoencoder from its folder (``vae/``), its latent scale from ``scaling_factor``."""
+    settings = autoencoder_settings(Config(part / "config.json"))
+    latent_scale = settings.pop("latent_scale")
+    with torch.device("meta"):
+        autoencoder = LatentAutoencoder(**settings)
+    return load_weights(autoencoder, weights_file(part), codec_names(settings), part / "config.json",
+                        buffers={"latent_scale": torch.tensor(latent_scale)})
+
+
+def load_text_encoder(part: Path) -> TextEncoder:
+    """CLIP's text transformer from its folder (``text_encoder/``, transformers' layout)."""
+    with torch.device("meta"):
+        text_encoder = TextEncoder(**text_encoder_settings(Config(part / "config.json")))
+    return load_weights(text_encoder, weights_file(part), TEXT_ENCODER_NAMES, part / "config.json")
+
+
 def load_stable_diffusion(folder: str | os.PathLike, device: str | torch.device = "cpu") -> StableDiffusion:
     """Build :class:`StableDiffusion` from a diffusers folder: every config checked, then every part built on the
     meta device and filled from its safetensors. Nothing is downloaded and no code from the folder is run."""
     folder = Path(folder)
     classes = read_index(folder)
-    unet_config = _part(folder, "unet") / "config.json"
-    unet = unet_settings(Config(unet_config))
-    sample_size = unet.pop("sample_size")
-    vae_config = _part(folder, "vae") / "config.json"
-    vae = autoencoder_settings(Config(vae_config))
-    latent_scale = vae.pop("latent_scale")
-    text_config = _part(folder, "text_encoder") / "config.json"
+    parts = {name: _part(folder, name) for name in ("unet", "vae", "text_encoder", "scheduler", "tokenizer")}
+    # Every config first (cheap, and each problem named before any weight is read), then the weights.
+    unet_config, vae_config, text_config = (parts[name] / "config.json" for name in ("unet", "vae", "text_encoder"))
+    unet, vae = unet_settings(Config(unet_config)), autoencoder_settings(Config(vae_config))
     text = text_encoder_settings(Config(text_config))
-    scheduler = scheduler_settings(Config(_part(folder, "scheduler") / "scheduler_config.json"), classes["scheduler"])
-    tokenizer = ClipTokenizer.from_folder(_part(folder, "tokenizer"))
+    scheduler = scheduler_settings(Config(parts["scheduler"] / "scheduler_config.json"), classes["scheduler"])
+    tokenizer = ClipTokenizer.from_folder(parts["tokenizer"])
     if unet["context_dim"] != text["dim"]:
         raise CheckpointError(f"{unet_config} cross-attends to {unet['context_dim']} features, but {text_config} "
                               f"gives {text['dim']}: the parts are of different models")
@@ -147,18 +170,12 @@ def load_stable_diffusion(folder: str | os.PathLike, device: str | torch.device 
     if tokenizer.max_length > text["max_length"] or tokenizer.vocab_size > text["vocab_size"]:
         raise CheckpointError(f"the tokenizer ({tokenizer.vocab_size} tokens, {tokenizer.max_length} positions) does "
                               f"not fit {text_config} ({text['vocab_size']}, {text['max_length']})")
-    with torch.device("meta"):  # shapes only: nothing is allocated before the weights are checked against them
-        unet_module, vae_module = UNet(**unet), LatentAutoencoder(**vae)
-        text_module = TextEncoder(**text)
-    load_weights(unet_module, weights_file(folder / "unet"), UNET_NAMES, unet_config)
-    load_weights(vae_module, weights_file(folder / "vae"), codec_names(vae), vae_config,
-                 buffers={"latent_scale": torch.tensor(latent_scale)})
-    load_weights(text_module, weights_file(folder / "text_encoder"), TEXT_ENCODER_NAMES, text_config)
+    unet_module, sample_size = load_unet(parts["unet"])
     betas = training_betas(**scheduler["schedule"]) if scheduler["betas"] is None else torch.tensor(scheduler["betas"])
     schedule = DiscreteSchedule(betas, steps_offset=scheduler["steps_offset"],
                                 set_alpha_to_one=scheduler["set_alpha_to_one"],
                                 timestep_spacing=scheduler["timestep_spacing"], clip_sample=scheduler["clip_sample"],
                                 clip_sample_range=scheduler["clip_sample_range"])
-    model = StableDiffusion(unet_module, vae_module, text_module, tokenizer, schedule, scheduler["prediction"],
-                            scheduler["sampler"], sample_size)
+    model = StableDiffusion(unet_module, load_autoencoder(parts["vae"]), load_text_encoder(parts["text_encoder"]),
+                            tokenizer, schedule, scheduler["prediction"], scheduler["sampler"], sample_size)
     return model.to(device).eval()
