@@ -103,6 +103,7 @@ def _outputs(args: argparse.Namespace, count: int) -> list[Path]:
 
 def run_generate(args: argparse.Namespace) -> list[Path]:
     import torch
+    from tqdm import tqdm
 
     from minisd.images import make_grid, to_pil
     from minisd.outputs import check_writable
@@ -160,10 +161,21 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         inputs["mask_image"] = load_mask(args.mask, size=(height, width))
 
     generator = torch.Generator(pipe.device).manual_seed(args.seed)
-    output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, sampler=args.sampler, generator=generator,
-                  num_images_per_prompt=args.n, output_type="pt", strength=args.strength, height=height, width=width,
-                  **inputs, **sampler_args)
+    bars: list[tqdm] = []  # a progress bar on stderr from the first step on (a published model takes minutes)
+
+    def on_step(info: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=info["steps"], desc="sampling", unit="step", leave=False))
+        bars[0].update(1)
+
+    try:
+        output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance, sampler=args.sampler, generator=generator,
+                      num_images_per_prompt=args.n, output_type="pt", strength=args.strength, height=height,
+                      width=width, callback=on_step, callback_preview=False, **inputs, **sampler_args)
+    finally:
+        for bar in bars:
+            bar.close()
     settings = {**output.settings, "seed": args.seed, "minisd_version": __version__,
                 "model": args.model or DEFAULT_MODEL}
     for key, path in (("init_image", args.init_image), ("mask", args.mask)):

@@ -323,7 +323,7 @@ def test_a_pil_mask_is_read_white_for_repaint(pipe, init_image):
     ({"guidance_scale": -1.0}, "guidance"),
     ({"sampler": "nonsense"}, "unknown sampler"),
     ({"sampler": "ddpm", "eta": 0.5}, "takes no eta"),
-    ({"output_type": "np"}, "output_type"),
+    ({"output_type": "latent"}, "output_type"),
     ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
     ({"negative_prompt": ["a", "b"]}, "negative prompts"),
     ({"prompt": ""}, "empty"),
@@ -385,3 +385,9 @@ def test_text_to_image_training_resumes_stage_by_stage_and_refuses_changed_setti
     assert main(["train", "--out", str(run), "--resume", "--no-progress",
                  "--set", "autoencoder.model.kl_weight=0.5", "--set", "unet.train.steps=6"]) == 2
     assert "autoencoder.model.kl_weight" in capsys.readouterr().err
+
+
+def test_output_type_np_gives_the_pictures_channels_last_as_diffusers(pipe):
+    as_tensor = pipe(PROMPT, num_inference_steps=2, generator=seeded(0), output_type="pt").images
+    as_array = pipe(PROMPT, num_inference_steps=2, generator=seeded(0), output_type="np").images
+    assert isinstance(as_array, np.ndarray) and np.array_equal(as_array, as_tensor.permute(0, 2, 3, 1).numpy())

@@ -171,10 +171,16 @@ def load_weights(module: nn.Module, file: Path, rules: Rules, config_file: Path,
         if unexplained:
             raise CheckpointError(f"{file} has {len(unexplained)} tensors that {config_file} does not describe "
                                   f"(such as {sorted(unexplained)[0]}): the weights and the config are of different models")
-        state = {name: torch.cat([handle.get_tensor(source) for source in sources]).reshape(shape).float()
-                 for name, (sources, shape) in plan.items()}
+        state = {name: _read(handle, sources).reshape(shape).float() for name, (sources, shape) in plan.items()}
     module.load_state_dict({**state, **buffers}, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def _read(handle, sources: list[str]) -> torch.Tensor:
+    """One tensor, or keys and values stacked. A float32 tensor alone stays as safetensors maps it from the file (its
+    pages are read when first used, and never copied); only the stacked ones and other types get memory of their own."""
+    tensors = [handle.get_tensor(source) for source in sources]
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _present(name: str, available: set[str]) -> str | None:

@@ -111,7 +111,7 @@ class TextToImagePipeline:
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
                  generator: torch.Generator | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
-                 callback: Callable[[dict[str, Any]], None] | None = None,
+                 callback: Callable[[dict[str, Any]], None] | None = None, callback_preview: bool = True,
                  image: Image.Image | torch.Tensor | None = None, strength: float | None = None,
                  mask_image: Image.Image | torch.Tensor | None = None, return_attention: bool = False,
                  height: int | None = None, width: int | None = None, latents: torch.Tensor | None = None,
@@ -127,7 +127,8 @@ class TextToImagePipeline:
         reconstructs it. ``generator`` fixes every noise draw; without one a seed is drawn (leaving torch's global
         RNG as it was) and returned as ``settings["seed"]``. ``callback`` gets, after every step, a dict with ``step`` (from 0), ``steps`` (how many run:
         ``floor(strength * steps)`` from an init image), ``t``, ``latents`` and ``x0_preview`` (the current estimate
-        of the images, decoded). ``height`` and ``width``: the picture's size (default: the model's own; a model of
+        of the images, decoded; left out with ``callback_preview=False``, which saves a decode a step).
+        ``height`` and ``width``: the picture's size (default: the model's own; a model of
         chapter 7 draws only that). ``latents``: the standard normal starting noise ``(N, C, h, w)``, as in diffusers
         (the sampler scales it as its grid asks); by default drawn from ``generator``.
         """
@@ -141,8 +142,8 @@ class TextToImagePipeline:
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
                 or num_images_per_prompt < 1:
             raise ConfigError(f"num_images_per_prompt must be a whole number, at least 1, got {num_images_per_prompt!r}")
-        if output_type not in ("pil", "pt"):
-            raise ConfigError(f"output_type is 'pil' or 'pt', not {output_type!r}")
+        if output_type not in ("pil", "pt", "np"):
+            raise ConfigError(f"output_type is 'pil', 'pt' or 'np', not {output_type!r}")
         steps = model.sample_steps if num_inference_steps is None else num_inference_steps
         scale = _check_guidance(model.guidance_scale if guidance_scale is None else guidance_scale)
         sampler = sampler or model.sampler
@@ -192,8 +193,9 @@ class TextToImagePipeline:
                 if recorder is not None:
                     recorder.end_step()
                 if callback is not None:
+                    preview = {"x0_preview": model.autoencoder.decode(info["x0_pred"])} if callback_preview else {}
                     callback({"step": info["step"], "steps": info["steps"], "t": info["t"], "latents": info["x"],
-                              "x0_preview": model.autoencoder.decode(info["x0_pred"])})
+                              **preview})
 
         options = model.sampling_options(sampler)
         clip = options.pop("clip")
@@ -221,7 +223,9 @@ class TextToImagePipeline:
                     "width": width, "height": height, "num_images": n,
                     "model": self.name, "model_hash": self.weights_hash,
                     "seed": seed, **sampler_args}  # the seed drawn here (None: the caller's generator)
-        output = PipelineOutput(images=to_pil(images) if output_type == "pil" else images.cpu(), settings=settings)
+        images = {"pil": to_pil, "pt": torch.Tensor.cpu,  # "np": (N, H, W, C) in [0, 1], as diffusers gives it
+                  "np": lambda x: x.permute(0, 2, 3, 1).cpu().numpy()}[output_type](images)
+        output = PipelineOutput(images=images, settings=settings)
         if recorder is not None:
             output.attention_maps = recorder.maps(n, latent_shape[1:])
             output.tokens = [model.tokenizer.tokens(p) for p in prompts for _ in range(repeat)]
