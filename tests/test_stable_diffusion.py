@@ -329,3 +329,28 @@ def test_the_fingerprint_changes_with_the_weights_without_reading_them_all(folde
     data[len(data) // 2] ^= 0xFF  # one byte in the middle of the data
     weights.write_bytes(bytes(data))
     assert stable_diffusion_fingerprint(folder_copy) != before and len(before) == 10
+
+
+def test_minisd_serve_offers_a_folder_given_by_model_and_draws_with_it(folders, tmp_path):
+    pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
+    from minisd.pipelines.png_settings import read_settings
+    from minisd.web.client import ServerProcess, call, generate_inputs
+
+    folder = str(folders["sd1"])
+    with ServerProcess(["--model", folder, "--outputs", str(tmp_path / "outputs")]) as server:
+        outcome = call(server.url, "generate", generate_inputs("a red chair", model=folder, sampler="euler",
+                                                               steps=3, guidance=3.0, images=2))
+    assert outcome.status == "complete", outcome.message
+    pictures = [entry["path"] for entry in outcome.data[4]]
+    assert len(pictures) == 2
+    settings = read_settings(pictures[0])
+    assert settings["model"] == folder and (settings["width"], settings["height"]) == (16, 16)
+
+
+def test_minisd_serve_refuses_a_model_that_is_not_text_to_image_in_one_line(tmp_path):
+    pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
+    from cli_process import run_minisd
+
+    done = run_minisd(["serve", "--model", str(tmp_path / "nothing-here")], cwd=tmp_path,
+                      env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no such folder" in done.stderr
