@@ -161,7 +161,7 @@ def table(results: dict) -> str:
                        ("unet_256", "UNet, 32x32 latents, batch 2"), ("decode_256", "decode to 256x256")):
         r = results[key]
         m, d = r["minisd"], r["diffusers"]
-        memory = "| | |"
+        memory = "| | | |"
         if "memory_gib" in m:
             mm, dm = m["memory_gib"], d["memory_gib"]
             memory = (f"| {mm['loaded']:.2f}, {mm['peak']:.2f} | {dm['loaded']:.2f}, {dm['peak']:.2f} | "
