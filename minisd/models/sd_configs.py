@@ -69,6 +69,17 @@ def _list_of(rule: Rule, low: int = 1, high: int = 8) -> Rule:
             f"a list of {low} to {high} items, each {description}")
 
 
+def _one_or_list(low: int, high: int) -> Rule:
+    """A whole number in [low, high], or a list of them (diffusers' per-level settings)."""
+    (one, _), (many, _) = _whole(low, high), _list_of(_whole(low, high))
+    return (lambda v: one(v) or many(v), f"a whole number from {low} to {high}, or a list of them")
+
+
+def _or_null(rule: Rule) -> Rule:
+    test, description = rule
+    return (lambda v: v is None or test(v), f"null or {description}")
+
+
 CHANNELS = _whole(1, MAX_WIDTH)
 BOOL = _one_of(True, False)
 REQUIRED = object()
@@ -170,19 +181,19 @@ def unet_settings(config: Config) -> dict[str, Any]:
     if any(width % channels[0] for width in channels):
         raise CheckpointError(f"{config.file} has block_out_channels = {channels}; minisd builds each level as a "
                               f"multiple of the first")
-    heads_given = config.take("num_attention_heads", (lambda v: v is None or _whole(1, 1024)[0](v)
-                                                      or _list_of(_whole(1, 1024))[0](v), "null or head counts"), None)
-    heads = heads_given or config.take("attention_head_dim", (lambda v: _whole(1, 1024)[0](v) or
-                                                              _list_of(_whole(1, 1024))[0](v), "head counts"))
-    config.ignore("attention_head_dim")  # diffusers reads it as the head count when num_attention_heads is unset
+    # diffusers reads attention_head_dim as the head count when num_attention_heads is unset, as SD 1.x and 2.x are.
+    heads = config.take("num_attention_heads", _or_null(_one_or_list(1, 1024)), None) or \
+        config.take("attention_head_dim", _one_or_list(1, 1024))
+    config.ignore("attention_head_dim")
     heads = [heads] * len(channels) if isinstance(heads, int) else heads
     if len(heads) != len(channels) or any(width % count for width, count in zip(channels, heads)):
         raise CheckpointError(f"{config.file}: {heads} attention heads do not divide the levels' {channels} channels")
     groups = config.take("norm_num_groups", _whole(1, 1024), 32)
     if any(width % groups for width in channels):
         raise CheckpointError(f"{config.file}: norm_num_groups = {groups} does not divide {channels}")
-    layers = config.take("layers_per_block", (lambda v: _whole(1, 16)[0](v) or (
-        _list_of(_whole(1, 16))[0](v) and len(set(v)) == 1), "a whole number from 1 to 16"))
+    layers = config.take("layers_per_block", _one_or_list(1, 16))
+    if isinstance(layers, list) and len(set(layers)) != 1:
+        raise CheckpointError(f"{config.file} has layers_per_block = {layers}; minisd builds as many at every level")
     for key, rule, default in (
             ("mid_block_type", _one_of("UNetMidBlock2DCrossAttn"), "UNetMidBlock2DCrossAttn"),
             ("flip_sin_to_cos", _one_of(True), True), ("freq_shift", _one_of(0), 0),
@@ -277,8 +288,7 @@ def scheduler_settings(config: Config, class_name: str) -> dict[str, Any]:
     how diffusers samples (solver order, Karras sigmas, PNDM's Runge-Kutta steps) are minisd's own choice here.
     """
     steps = config.take("num_train_timesteps", _whole(2, 10_000), 1000)
-    trained = config.take("trained_betas", (lambda v: v is None or (isinstance(v, list) and len(v) == steps and all(
-        _number(0, 0.999)[0](b) for b in v)), f"null or {steps} betas in [0, 0.999]"), None)
+    trained = config.take("trained_betas", _or_null(_list_of(_number(0, 0.999), steps, steps)), None)
     schedule = dict(beta_schedule=config.take("beta_schedule", _one_of(*BETA_SCHEDULES), "linear"),
                     beta_start=float(config.take("beta_start", _number(0, 0.5), 0.0001)),
                     beta_end=float(config.take("beta_end", _number(0, 0.999), 0.02)), num_steps=steps)
