@@ -191,6 +191,12 @@ def test_sizes_other_than_the_default_and_inpainting_run(style, pipelines):
         ours("a cat", num_inference_steps=2, height=25)
 
 
+def test_a_guidance_below_one_is_warned_about_as_diffusers_reads_it_otherwise(pipelines):
+    _, ours = pipelines["sd2"]
+    with pytest.warns(UserWarning, match="no guidance, which is 1 here"):
+        ours("a cat", num_inference_steps=1, guidance_scale=0.0, generator=torch.Generator().manual_seed(0))
+
+
 def test_a_long_prompt_is_cut_at_77_tokens_with_a_warning(pipelines):
     _, ours = pipelines["sd1"]
     with pytest.warns(UserWarning, match="left out"):
@@ -318,6 +324,10 @@ def test_the_page_draws_with_a_stable_diffusion_folder(folders, tmp_path):
     generation = events[-1]["done"]
     assert len(generation.files) == 2 and all(path.is_file() for path in generation.files)
     assert generation.settings["model"] == "sd" and generation.attention  # cross-attention maps over CLIP's tokens
+    from PIL import Image
+
+    noised, estimated = studio.noising(Image.new("RGB", (20, 20), (200, 30, 30)), "sd", "a red chair", levels=3)
+    assert len(noised) == len(estimated) == 3  # the noising tab: its schedule, in its latent space
 
 
 def test_the_fingerprint_changes_with_the_weights_without_reading_them_all(folder_copy):

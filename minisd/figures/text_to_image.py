@@ -64,11 +64,11 @@ def noised_and_estimated(pipe: TextToImagePipeline, pixels: torch.Tensor, prompt
     model = pipe.model
     z = model.autoencoder.encode(pixels.to(pipe.device))
     t = torch.linspace(0, 1, levels + 1)[1:].to(pipe.device)
-    alpha, sigma = model.diffusion.schedule.alpha_sigma(t)
+    alpha, sigma = model.denoiser.schedule.alpha_sigma(t)
     eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
     shape = (-1,) + (1,) * (z.dim() - 1)
     z_t = alpha.view(shape) * z + sigma.view(shape) * eps
-    z0_estimate = model.diffusion.denoiser(z_t, t, model.encode_prompts([prompt] * levels, allow_empty=True))
+    z0_estimate = model.denoiser(z_t, t, model.encode_prompts([prompt] * levels, allow_empty=True))
     decode = model.autoencoder.decode
     return t, sigma, decode(z_t).clamp(0, 1), decode(z0_estimate).clamp(0, 1)
 

@@ -46,6 +46,8 @@ class StableDiffusion(nn.Module):
     """A published Stable Diffusion model: ``autoencoder``, ``text_encoder`` with ``tokenizer``, and ``denoiser``
     (the UNet with its schedule and prediction), plus the defaults diffusers samples it with."""
 
+    published = True  # the pipeline warns where diffusers' conventions differ from minisd's (a guidance below 1)
+
     def __init__(self, unet: UNet, autoencoder: LatentAutoencoder, text_encoder: TextEncoder, tokenizer: ClipTokenizer,
                  schedule: DiscreteSchedule, prediction: str, sampler: str, sample_size: int):
         super().__init__()

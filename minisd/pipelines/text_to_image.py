@@ -19,6 +19,7 @@ Nothing here knows how a sampler or a guidance works: each is a function or a wr
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -147,6 +148,10 @@ class TextToImagePipeline:
         steps = model.sample_steps if num_inference_steps is None else num_inference_steps
         scale = _check_guidance(model.guidance_scale if guidance_scale is None else guidance_scale)
         sampler = sampler or model.sampler
+        if scale < 1 and getattr(model, "published", False):
+            # Code written for diffusers passes guidance_scale=0.0 (SD-Turbo's examples) to mean "no guidance".
+            warnings.warn(f"guidance_scale {scale:g} mixes in the unconditional prediction (at 0 the prompt is "
+                          f"ignored); diffusers reads every scale up to 1 as no guidance, which is 1 here", stacklevel=2)
         if mask_image is not None and image is None:
             raise ConfigError("inpainting needs the image to repaint (image=) as well as the mask")
         if strength is None:
