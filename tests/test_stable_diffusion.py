@@ -187,6 +187,9 @@ def test_sizes_other_than_the_default_and_inpainting_run(style, pipelines):
     painted = ours("a cat", image=out.images[0], mask_image=mask, num_inference_steps=3, height=24, width=40,
                    output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert torch.isfinite(painted).all()
+    maps = ours("a cat", num_inference_steps=2, height=24, width=40, return_attention=True, guidance_scale=2.0,
+                generator=torch.Generator().manual_seed(0)).attention_maps
+    assert maps.shape == (2, 1, 77, 12, 20)  # steps, images, CLIP's tokens, the latent grid of a wide picture
     with pytest.raises(ConfigError, match="multiple of 2"):
         ours("a cat", num_inference_steps=2, height=25)
 

@@ -165,9 +165,9 @@ class CrossAttentionRecorder:
         per_step = []
         for records in self.steps:
             grids = []
-            for weights in records:  # (B, N, L) with N = h * w pixels
-                side = int(round(weights.shape[1] ** 0.5))
-                grid = weights[:n].transpose(1, 2).reshape(n, -1, side, weights.shape[1] // side)
+            for weights in records:  # (B, N, L) with N = h * w pixels, h / w as the finest grid's
+                rows = max(1, int(round((weights.shape[1] * size[0] / size[1]) ** 0.5)))
+                grid = weights[:n].transpose(1, 2).reshape(n, -1, rows, weights.shape[1] // rows)
                 grids.append(F.interpolate(grid, size=size, mode="bilinear", align_corners=False))
             per_step.append(torch.stack(grids).mean(0))
         return torch.stack(per_step).cpu()
