@@ -34,7 +34,7 @@ def test_closed_form_schedules_end_exactly_at_the_log_snr_range(dtype):
     assert alpha.item() ** 2 == pytest.approx(2.06e-9, rel=1e-2)  # the tiny signal a sampler starts from
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "sub_vp", "ve"])
+@pytest.mark.parametrize("schedule", ["cosine", "sub_vp", "ve", "flow"])
 @pytest.mark.parametrize("kind", PREDICTIONS)
 def test_parameterisation_conversions_round_trip_exactly(kind, schedule):
     generator = torch.Generator().manual_seed(0)

@@ -102,7 +102,7 @@ def random_covariance(dims: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schedule_name", ["cosine", "sub_vp", "ve"])
+@pytest.mark.parametrize("schedule_name", ["cosine", "sub_vp", "ve", "flow"])
 def test_exact_ode_likelihood_matches_the_gaussian_log_density(schedule_name: str) -> None:
     denoiser = GaussianDenoiser(MEAN, COVARIANCE, schedule(schedule_name))
     x = denoiser.sample(16, t=0.0)

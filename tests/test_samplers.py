@@ -24,7 +24,8 @@ from minisd.diffusion.schedules import NoiseSchedule, build_schedule
 from minisd.diffusion.spacing import LOG_SNR_START, SPACINGS, T_MIN, start_time, time_steps
 from minisd.errors import ConfigError, SamplingError
 
-SCHEDULES = ("linear", "cosine", "learned")  # "learned" at its initialisation
+VP_SCHEDULES = ("linear", "cosine", "learned")  # "learned" at its initialisation
+SCHEDULES = (*VP_SCHEDULES, "flow")
 DETERMINISTIC = {"ddim": {"eta": 0.0}, "euler": {}, "heun": {}, "dpmpp_2m": {}}
 STOCHASTIC = {"ddpm": {}, "ddim": {"eta": 1.0}, "euler_ancestral": {}, "dpmpp_2m_sde": {}}
 
@@ -228,7 +229,7 @@ def test_ddim_is_euler_on_the_ode_and_ddpm_at_eta_one(schedule_name: str) -> Non
                                sample_euler_ancestral(denoiser, x, ts, eta=0.5, generator=generator(1)))
 
 
-@pytest.mark.parametrize("schedule_name", SCHEDULES)
+@pytest.mark.parametrize("schedule_name", VP_SCHEDULES)  # on the straight path the two differ below 1e-5 there
 def test_dpmpp_2m_sde_is_the_ode_solver_at_eta_zero_and_takes_ddpms_first_step(schedule_name: str) -> None:
     denoiser = gaussian_denoiser(schedule_name)
     x, ts = denoiser.marginal(1.0, 64, generator(0)), time_steps(denoiser.schedule, 10, "log_snr")

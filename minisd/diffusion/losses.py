@@ -34,25 +34,39 @@ from minisd.diffusion.parameterisation import from_x0
 WEIGHTINGS = ("simple", "x0", "snr", "v", "min_snr", "vlb")
 
 
-def sample_times(batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def sample_times(batch_size: int, device: torch.device, generator: torch.Generator | None = None,
+                 distribution: str = "uniform") -> torch.Tensor:
     """t ~ U(0, 1) with low discrepancy: one uniform offset, evenly spaced over the batch (VDM, appendix I).
 
-    Each batch covers [0, 1] evenly, which lowers the variance of the loss at no cost.
+    Each batch covers [0, 1] evenly, which lowers the variance of the loss at no cost. ``logit_normal``: t =
+    sigmoid(n) with n ~ N(0, 1), Stable Diffusion 3's choice for flow matching (Esser et al. 2024, sec. 3.1), which
+    spends more of training on the middle times, where the velocity is hardest to predict; drawn as the normal
+    quantiles of the same evenly spread uniforms, so it keeps their low discrepancy.
     """
     offset = torch.rand((), generator=generator, device=device)
     positions, total = batch_rows.batch_positions(batch_size, device)  # the whole batch's, under torchrun too
-    return (offset + positions / total) % 1.0
+    uniform = (offset + positions / total) % 1.0
+    if distribution == "uniform":
+        return uniform
+    if distribution == "logit_normal":
+        return torch.sigmoid(torch.special.ndtri(uniform.clamp(1e-6, 1 - 1e-6)))
+    raise ValueError(f"unknown time sampling {distribution!r}; choose one of {TIME_SAMPLINGS}")
 
 
 def prediction_error_factor(kind: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """||pred - target||^2 / ||x0 - x0_hat||^2 for a network predicting ``kind`` at (alpha_t, sigma_t).
 
     At a fixed x_t, eps moves by -alpha / sigma times x0 (so the factor is SNR), the score by alpha / sigma^2
-    (SNR / sigma^2) and v = alpha eps - sigma x0 by -(alpha^2 + sigma^2) / sigma ((1 + SNR) on a VP schedule).
+    (SNR / sigma^2), v = alpha eps - sigma x0 by -(alpha^2 + sigma^2) / sigma ((1 + SNR) on a VP schedule) and
+    flow matching's u = eps - x0 by -(alpha + sigma) / sigma ((1 + 1 / sqrt(SNR))^2 on the straight path: the x0
+    error of its plain MSE is weighted 1 / t^2 there).
     """
     snr = (alpha / sigma).square()
     return {"x0": torch.ones_like(snr), "eps": snr, "v": (alpha.square() + sigma.square()).square() / sigma.square(),
-            "score": snr / sigma.square()}[kind]
+            "score": snr / sigma.square(), "flow": ((alpha + sigma) / sigma).square()}[kind]
 
 
 def x0_error_weight(weighting: str, log_snr: torch.Tensor, min_snr_gamma: float = 5.0) -> torch.Tensor:
@@ -93,7 +107,7 @@ def noise_ladder_times(times: torch.Tensor, num_levels: int) -> torch.Tensor:
 
 def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: str = "simple", cond: Any = None,
                    min_snr_gamma: float = 5.0, generator: torch.Generator | None = None,
-                   noise_levels: int | None = None) -> torch.Tensor:
+                   noise_levels: int | None = None, time_sampling: str = "uniform") -> torch.Tensor:
     """The training loss per example ``(B,)``, for images ``x0`` ``(B, ...)`` in the model's range.
 
     ``simple`` is the mean squared error of whatever the network predicts (L_simple of Ho et al.
@@ -103,9 +117,11 @@ def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: st
     Denoising score matching (Vincent 2011; Luo 2022, "Score-based Generative Models") is this loss seen from the
     score: with eps-prediction the score is -eps / sigma_t, so ``simple`` is sigma_t^2 ||s_theta - grad log q(x_t | x0)||^2,
     NCSN's weighting lambda(sigma) = sigma^2 (Song & Ermon 2019, eq. 6). ``noise_levels=L`` draws t from a ladder of
-    L levels (:func:`noise_ladder_times`) instead of all of [0, 1].
+    L levels (:func:`noise_ladder_times`) instead of all of [0, 1]. ``time_sampling``: how t is drawn
+    (:func:`sample_times`). Flow matching (Lipman et al. 2023) is ``simple`` with the ``flow`` prediction on the
+    ``flow`` schedule: ||u_theta(x_t, t) - (eps - x0)||^2.
     """
-    t = sample_times(len(x0), x0.device, generator)
+    t = sample_times(len(x0), x0.device, generator, time_sampling)
     if noise_levels is not None:
         t = noise_ladder_times(t, noise_levels)
     eps = batch_rows.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

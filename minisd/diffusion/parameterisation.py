@@ -8,6 +8,8 @@ equivalent interpretations" of the same model:
     eps    the noise that was added             (Luo 2022 eqs. 115-130)
     score  grad_x log p(x_t) = -eps / sigma_t   (Tweedie's formula, Luo 2022 eqs. 131-151)
     v      alpha_t eps - sigma_t x0             (Salimans & Ho 2022, the "velocity")
+    flow   eps - x0                             (flow matching's target, Lipman et al. 2023: on the straight path
+                                                 x_t = (1 - t) x0 + t eps it is dx_t / dt)
 
 Each function takes ``alpha`` and ``sigma`` broadcastable to ``x_t``.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-PREDICTIONS = ("x0", "eps", "v", "score")
+PREDICTIONS = ("x0", "eps", "v", "score", "flow")
 
 
 def _check(kind: str) -> None:
@@ -33,6 +35,9 @@ def to_x0(prediction: torch.Tensor, kind: str, x_t: torch.Tensor, alpha: torch.T
     if kind == "v":
         # x_t = alpha x0 + sigma eps and v = alpha eps - sigma x0 give alpha x_t - sigma v = (alpha^2 + sigma^2) x0.
         return (alpha * x_t - sigma * prediction) / (alpha.square() + sigma.square())
+    if kind == "flow":
+        # x_t = alpha x0 + sigma (u + x0) with u = eps - x0: x_t - sigma u = (alpha + sigma) x0.
+        return (x_t - sigma * prediction) / (alpha + sigma)
     eps = prediction if kind == "eps" else -sigma * prediction
     return (x_t - sigma * eps) / alpha
 
@@ -48,6 +53,8 @@ def from_x0(x0: torch.Tensor, kind: str, x_t: torch.Tensor, alpha: torch.Tensor,
         return eps
     if kind == "score":
         return -eps / sigma
+    if kind == "flow":
+        return eps - x0
     return alpha * eps - sigma * x0
 
 

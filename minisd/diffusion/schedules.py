@@ -2,7 +2,7 @@
 
 A schedule is the pair (alpha_t, sigma_t), and :meth:`NoiseSchedule.alpha_sigma` is the one place that
 gives it. Its log signal-to-noise ratio lambda(t) = log(alpha_t^2 / sigma_t^2) (Luo 2022 eqs. 109-114,
-Kingma et al. 2021) is what samplers, grids and bounds step in. Three families:
+Kingma et al. 2021) is what samplers, grids and bounds step in. Four families:
 
 - variance preserving (VP), alpha_t^2 + sigma_t^2 = 1 (Luo 2022 eq. 69 in continuous time): lambda alone
   fixes both, alpha_t^2 = sigmoid(lambda(t)), sigma_t^2 = sigmoid(-lambda(t)). DDPM's linear-beta, the cosine
@@ -10,6 +10,8 @@ Kingma et al. 2021) is what samplers, grids and bounds step in. Three families:
 - sub-VP (Song et al. 2021, eq. 29): a VP schedule's alpha with sigma_t = 1 - alpha_t^2, less noise at every t.
 - variance exploding (VE, NCSN: Song & Ermon 2019): alpha_t = 1, sigma_t = sigma_min (sigma_max / sigma_min)^t,
   the geometric ladder of noise levels.
+- flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023): alpha_t = 1 - t, sigma_t = t, the straight
+  path from data to noise.
 
 The SDE whose marginals these are follows from (alpha_t, sigma_t) alone: see :mod:`minisd.diffusion.sde`.
 
@@ -248,12 +250,40 @@ class SubVPSchedule(NoiseSchedule):
         return F.logsigmoid(base_log_snr) - 2 * F.logsigmoid(-base_log_snr)
 
 
+class FlowMatchingSchedule(ClosedFormSchedule):
+    """The straight path of flow matching (Lipman et al. 2023) and rectified flow (Liu et al. 2023):
+
+        x_t = (1 - t) x_0 + t eps,      alpha_t = 1 - t,  sigma_t = t,
+
+    the schedule Stable Diffusion 3 and FLUX train on (Esser et al. 2024). Not variance preserving: alpha + sigma = 1,
+    so the signal fades linearly while the noise grows linearly, and lambda(t) = 2 log((1 - t) / t). It is one more
+    (alpha_t, sigma_t), so the probability-flow ODE, its samplers, guidance and the likelihoods of chapters 4-5 hold
+    for it unchanged (docs/08-flow-matching.md derives why). As the closed-form VP schedules, time is remapped onto
+    the stretch where lambda runs from LOG_SNR_MAX to LOG_SNR_MIN (t from 0.0013 to 0.99995): no sampler divides by
+    alpha = 0 at t = 1.
+    """
+
+    name = "flow"
+
+    def base_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        return 2 * (torch.log1p(-t) - torch.log(t))
+
+    def path_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time on the straight path, t_clean + (t_noisy - t_clean) t, where alpha = 1 - it and sigma = it."""
+        return self.t_clean + (self.t_noisy - self.t_clean) * t
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.path_time(t)
+        return 1 - path, path
+
+
 SCHEDULES: dict[str, type[NoiseSchedule]] = {s.name: s for s in (
-    LinearBetaSchedule, CosineSchedule, LearnedSchedule, VarianceExplodingSchedule, SubVPSchedule)}
+    LinearBetaSchedule, CosineSchedule, LearnedSchedule, VarianceExplodingSchedule, SubVPSchedule,
+    FlowMatchingSchedule)}
 
 
 def build_schedule(name: str, **kwargs) -> NoiseSchedule:
-    """A schedule by name: ``linear``, ``cosine``, ``learned`` (VP), ``sub_vp`` or ``ve``."""
+    """A schedule by name: ``linear``, ``cosine``, ``learned`` (VP), ``sub_vp``, ``ve`` or ``flow``."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULES)}")
     return SCHEDULES[name](**kwargs)

@@ -3,4 +3,4 @@
 This module imports nothing heavy: ``minisd --help`` lists the chapters without loading torch.
 """
 
-CHAPTERS = ("probability", "vae", "autoencoder", "latent-planes", "diffusion", "score", "text-to-image")
+CHAPTERS = ("probability", "vae", "autoencoder", "latent-planes", "diffusion", "score", "text-to-image", "flow")

@@ -54,6 +54,10 @@ def make_figures(chapter: str, checkpoint: str | os.PathLike | None = None, *, o
         from minisd.figures.probability import make_probability_figures
 
         return make_probability_figures(out, seed=seed, overwrite=overwrite)
+    if chapter == "flow":
+        from minisd.figures.flow import make_flow_figures
+
+        return make_flow_figures(out, seed=seed, overwrite=overwrite)
     if chapter == "diffusion":
         from minisd.data import load_dataset
         from minisd.figures.diffusion import make_diffusion_figures

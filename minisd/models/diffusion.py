@@ -17,7 +17,7 @@ from minisd import batch_rows
 from minisd.diffusion import NetworkDenoiser, build_schedule
 from minisd.diffusion.denoiser import ClippedDenoiser
 from minisd.diffusion.likelihood import prior_term, reconstruction_term, variational_bound
-from minisd.diffusion.losses import WEIGHTINGS, denoising_loss
+from minisd.diffusion.losses import TIME_SAMPLINGS, WEIGHTINGS, denoising_loss
 from minisd.diffusion.probability_flow import ode_bits_per_dim
 from minisd.diffusion.samplers import sample as run_sampler
 from minisd.models.base import Model
@@ -49,27 +49,33 @@ class DiffusionModel(Model):
                  base_channels: int = 32, channel_mults: list[int] = (1, 2, 2), num_res_blocks: int = 1,
                  attention_levels: list[int] | None = None, num_heads: int = 4, dropout: float = 0.0,
                  num_classes: int | None = None, p_uncond: float = 0.0, context_dim: int | None = None,
-                 sampler: str = "dpmpp_2m_sde", sample_steps: int = 20):
+                 sampler: str = "dpmpp_2m_sde", sample_steps: int = 20, time_sampling: str = "uniform"):
         super().__init__(image_shape=list(image_shape), schedule=schedule, schedule_args=schedule_args,
                          noise_levels=noise_levels, prediction=prediction, weighting=weighting, min_snr_gamma=min_snr_gamma, base_channels=base_channels,
                          channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
                          attention_levels=None if attention_levels is None else list(attention_levels),
                          num_heads=num_heads, dropout=dropout, num_classes=num_classes, p_uncond=p_uncond,
-                         context_dim=context_dim, sampler=sampler, sample_steps=sample_steps)
+                         context_dim=context_dim, sampler=sampler, sample_steps=sample_steps,
+                         **({} if time_sampling == "uniform" else {"time_sampling": time_sampling}))
         self.image_shape = tuple(image_shape)
         network = UNet(in_channels=image_shape[0], base_channels=base_channels, channel_mults=channel_mults,
                        num_res_blocks=num_res_blocks, attention_levels=attention_levels, num_heads=num_heads,
                        dropout=dropout, num_classes=num_classes, context_dim=context_dim)
         self.set_up_diffusion(network, schedule=schedule, schedule_args=schedule_args, noise_levels=noise_levels,
                               prediction=prediction, weighting=weighting, min_snr_gamma=min_snr_gamma,
-                              num_classes=num_classes, p_uncond=p_uncond, sampler=sampler, sample_steps=sample_steps)
+                              num_classes=num_classes, p_uncond=p_uncond, sampler=sampler, sample_steps=sample_steps,
+                              time_sampling=time_sampling)
 
     def set_up_diffusion(self, network: torch.nn.Module, *, schedule: str, schedule_args: dict[str, float] | None,
                          noise_levels: int | None, prediction: str, weighting: str, min_snr_gamma: float,
-                         num_classes: int | None, p_uncond: float, sampler: str, sample_steps: int) -> None:
+                         num_classes: int | None, p_uncond: float, sampler: str, sample_steps: int,
+                         time_sampling: str = "uniform") -> None:
         """Check the diffusion settings and put ``network`` behind the denoiser interface (any data shape)."""
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"unknown time sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+        self.time_sampling = time_sampling
         if not 0 <= p_uncond < 1:
             raise ValueError(f"p_uncond is a probability below 1, got {p_uncond}")
         if noise_levels is not None and noise_levels < 2:
@@ -125,7 +131,8 @@ class DiffusionModel(Model):
         """The per-example training loss ``(B,)`` of data ``x0`` already in the modelled space (pixels in
         [-1, 1], or an autoencoder's latents), conditioned on ``cond``."""
         per_example = denoising_loss(self.denoiser, x0, weighting=self.weighting, cond=cond,
-                                     min_snr_gamma=self.min_snr_gamma, noise_levels=self.noise_levels)
+                                     min_snr_gamma=self.min_snr_gamma, noise_levels=self.noise_levels,
+                                     time_sampling=self.time_sampling)
         if self.weighting == "vlb":
             # The whole bound, so that a learned schedule's end points are trained too (VDM, sec. 5).
             per_example = per_example + prior_term(self.schedule, x0) + reconstruction_term(self.schedule, x0)
