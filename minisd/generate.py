@@ -108,7 +108,7 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
     from minisd.images import make_grid, to_pil
     from minisd.outputs import check_writable
     from minisd.pipelines import TextToImagePipeline, load
-    from minisd.pipelines.inputs import load_image, load_mask, sha256_file
+    from minisd.pipelines.inputs import image_to_tensor, load_mask, open_image, sha256_file
     from minisd.pipelines.loading import shipped_text_to_image_models
     from minisd.pipelines.png_settings import save_png
     from minisd.runtime import resolve_device
@@ -152,11 +152,13 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
         if found is not None:
             note, known_by = found
             print(f"minisd: note: {note}" + (f": --model {known_by[0]}" if known_by else ""), file=sys.stderr)
-    channels, default_height, default_width = pipe.image_shape
+    init_image = None if args.init_image is None else open_image(args.init_image, "init image")
+    channels, default_height, default_width = pipe.default_size(init_image)
     height, width = args.height or default_height, args.width or default_width
     inputs: dict[str, Any] = {}
     if args.init_image is not None:
-        inputs["image"] = load_image(args.init_image, size=(height, width), channels=channels)
+        inputs["image"] = image_to_tensor(init_image, size=(height, width), channels=channels,
+                                          label=f"the init image {args.init_image}")
     if args.mask is not None:
         inputs["mask_image"] = load_mask(args.mask, size=(height, width))
 

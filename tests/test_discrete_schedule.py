@@ -33,7 +33,7 @@ def test_log_snr_decreases_over_all_of_the_unit_interval_and_inverts():
 
 
 @pytest.mark.parametrize("spacing", DISCRETE_SPACINGS)
-@pytest.mark.parametrize("steps", [1, 4, 10, 15, 20, 25, 30, 50, 999])
+@pytest.mark.parametrize("steps", [1, 2, 4, 10, 15, 20, 25, 30, 50, 999])
 def test_grids_are_the_steps_diffusers_schedulers_visit(spacing, steps):
     diffusers = pytest.importorskip("diffusers")
     common = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
@@ -88,3 +88,11 @@ def test_a_discrete_spacing_needs_a_discrete_schedule():
 
     with pytest.raises(ConfigError, match="discrete-time"):
         sample(Denoiser(), (2, 2), sampler="euler", steps=4, spacing="trailing")
+
+
+@pytest.mark.parametrize("spacing", DISCRETE_SPACINGS)
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp_2m"])
+def test_one_step_grids_are_whole_tensors(spacing, sampler):
+    schedule = DiscreteSchedule(training_betas(**SD_BETAS), steps_offset=1)
+    times, _ = discrete_time_steps(schedule, 1, spacing, sampler)
+    assert times.shape == (2,) and torch.isfinite(times).all()

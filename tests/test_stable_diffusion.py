@@ -367,3 +367,22 @@ def test_minisd_serve_refuses_a_model_that_is_not_text_to_image_in_one_line(tmp_
     done = run_minisd(["serve", "--model", str(tmp_path / "nothing-here")], cwd=tmp_path,
                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no such folder" in done.stderr
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_image_to_image_draws_at_the_init_images_size_as_diffusers(style, pipelines):
+    """Without height and width, a published model draws at the init image's size (rounded down to 8), as
+    diffusers does; two prompts, one init image, a strength whose steps are not whole (0.77 * 20 = 15.4 -> 15)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    reference, ours = pipelines[style]
+    image_to_image = StableDiffusionImg2ImgPipeline(**reference.components)
+    image_to_image.scheduler = _scheduler(reference, "euler")
+    init = torch.rand(1, 3, 24, 16, generator=torch.Generator().manual_seed(5))
+    arguments = dict(image=init, strength=0.77, num_inference_steps=20, guidance_scale=2.0, output_type="pt")
+    expected = image_to_image(["a cat", "a dog"], generator=torch.Generator().manual_seed(1), **arguments).images
+    got = ours(["a cat", "a dog"], sampler="euler", generator=torch.Generator().manual_seed(1), **arguments).images
+    assert got.shape == (2, 3, 24, 16)
+    difference = (got - expected).abs().max().item()
+    _record("image-to-image", difference)
+    assert difference <= IMAGE_TOLERANCE

@@ -138,7 +138,7 @@ def discrete_steps(spacing: str, num_train_steps: int, num_steps: int, steps_off
     else:
         steps = np.linspace(0, T - 1, parts)[::-1]
         steps = steps if kind == "euler" else steps.round()
-    return np.ascontiguousarray(steps[:N] if kind == "dpm" else steps, dtype=np.float64)
+    return np.array(steps[:N] if kind == "dpm" else steps, dtype=np.float64)  # a copy: torch takes no negative strides
 
 
 def discrete_time_steps(schedule: DiscreteSchedule, num_steps: int, spacing: str,

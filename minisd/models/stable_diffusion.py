@@ -62,6 +62,11 @@ class StableDiffusion(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def size_multiple(self) -> int:
+        """Pictures of any size this multiple of pixels (the autoencoder's factor, 8) can be drawn."""
+        return downsampling_factor(self.autoencoder.hparams["channel_mults"])
+
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """The latents ``(channels, height / 8, width / 8)`` of a ``height`` x ``width`` picture; each side must be a
         multiple of the autoencoder's factor 8 (as diffusers asks), from 8 to 4096."""

@@ -100,6 +100,15 @@ class TextToImagePipeline:
                               f"{(channels, height, width)}")
         return image.float()
 
+    def default_size(self, image: Image.Image | torch.Tensor | None) -> tuple[int, int, int]:
+        """The picture's shape when the caller gives no height or width: the model's own, or for a model that draws
+        any size (a published one), the init image's, rounded down to the size multiple, as diffusers does."""
+        multiple = getattr(self.model, "size_multiple", None)
+        if image is None or multiple is None:
+            return self.image_shape
+        height, width = (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
+        return (self.image_shape[0], max(multiple, height - height % multiple), max(multiple, width - width % multiple))
+
     def _mask(self, mask: Image.Image | torch.Tensor, height: int, width: int) -> torch.Tensor:
         if isinstance(mask, Image.Image):
             return mask_to_tensor(mask, size=(height, width))
@@ -129,8 +138,8 @@ class TextToImagePipeline:
         RNG as it was) and returned as ``settings["seed"]``. ``callback`` gets, after every step, a dict with ``step`` (from 0), ``steps`` (how many run:
         ``floor(strength * steps)`` from an init image), ``t``, ``latents`` and ``x0_preview`` (the current estimate
         of the images, decoded; left out with ``callback_preview=False``, which saves a decode a step).
-        ``height`` and ``width``: the picture's size (default: the model's own; a model of
-        chapter 7 draws only that). ``latents``: the standard normal starting noise ``(N, C, h, w)``, as in diffusers
+        ``height`` and ``width``: the picture's size (default: the model's own, or a published model's init
+        image's; a model of chapter 7 draws only its own). ``latents``: the standard normal starting noise ``(N, C, h, w)``, as in diffusers
         (the sampler scales it as its grid asks); by default drawn from ``generator``.
         """
         model = self.model
@@ -157,7 +166,7 @@ class TextToImagePipeline:
         if strength is None:
             strength = 1.0 if mask_image is not None else DEFAULT_IMG2IMG_STRENGTH
         check_sampler_args(sampler, steps=steps, strength=strength, **sampler_args)  # before any work
-        _, default_height, default_width = self.image_shape
+        _, default_height, default_width = self.default_size(image)
         height, width = height or default_height, width or default_width
         latent_shape = model.latent_shape(height, width)
         if return_attention and scale == 0:
