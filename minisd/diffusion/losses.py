@@ -107,7 +107,8 @@ def noise_ladder_times(times: torch.Tensor, num_levels: int) -> torch.Tensor:
 
 def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: str = "simple", cond: Any = None,
                    min_snr_gamma: float = 5.0, generator: torch.Generator | None = None,
-                   noise_levels: int | None = None, time_sampling: str = "uniform") -> torch.Tensor:
+                   noise_levels: int | None = None, time_sampling: str = "uniform",
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss per example ``(B,)``, for images ``x0`` ``(B, ...)`` in the model's range.
 
     ``simple`` is the mean squared error of whatever the network predicts (L_simple of Ho et al.
@@ -119,12 +120,14 @@ def denoising_loss(denoiser: NetworkDenoiser, x0: torch.Tensor, *, weighting: st
     NCSN's weighting lambda(sigma) = sigma^2 (Song & Ermon 2019, eq. 6). ``noise_levels=L`` draws t from a ladder of
     L levels (:func:`noise_ladder_times`) instead of all of [0, 1]. ``time_sampling``: how t is drawn
     (:func:`sample_times`). Flow matching (Lipman et al. 2023) is ``simple`` with the ``flow`` prediction on the
-    ``flow`` schedule: ||u_theta(x_t, t) - (eps - x0)||^2.
+    ``flow`` schedule: ||u_theta(x_t, t) - (eps - x0)||^2. ``noise``: the eps paired with each x0 instead of a fresh
+    draw; with pairs (eps, teacher(eps)) from a model's own ODE this is reflow (Liu et al. 2023), which straightens
+    the paths: a model trained on its own couplings needs fewer steps.
     """
     t = sample_times(len(x0), x0.device, generator, time_sampling)
     if noise_levels is not None:
         t = noise_ladder_times(t, noise_levels)
-    eps = batch_rows.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    eps = batch_rows.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None else noise
     log_snr = denoiser.schedule.log_snr(t)
     alpha, sigma = (expand_like(v, x0) for v in denoiser.schedule.alpha_sigma(t))
     x_t = alpha * x0 + sigma * eps

@@ -127,12 +127,14 @@ class DiffusionModel(Model):
         dropped = batch_rows.bernoulli(self.p_uncond, (n,), device=cond["label"].device)
         return {**cond, "label": torch.where(dropped, self.num_classes, cond["label"])}
 
-    def loss_on(self, x0: torch.Tensor, cond: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def loss_on(self, x0: torch.Tensor, cond: dict[str, torch.Tensor] | None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         """The per-example training loss ``(B,)`` of data ``x0`` already in the modelled space (pixels in
-        [-1, 1], or an autoencoder's latents), conditioned on ``cond``."""
+        [-1, 1], or an autoencoder's latents), conditioned on ``cond``; ``noise``: each example's own eps (reflow's
+        pairs, see :func:`~minisd.diffusion.losses.denoising_loss`), else a fresh draw."""
         per_example = denoising_loss(self.denoiser, x0, weighting=self.weighting, cond=cond,
                                      min_snr_gamma=self.min_snr_gamma, noise_levels=self.noise_levels,
-                                     time_sampling=self.time_sampling)
+                                     time_sampling=self.time_sampling, noise=noise)
         if self.weighting == "vlb":
             # The whole bound, so that a learned schedule's end points are trained too (VDM, sec. 5).
             per_example = per_example + prior_term(self.schedule, x0) + reconstruction_term(self.schedule, x0)

@@ -147,5 +147,7 @@ class LatentDiffusion(Model):
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         captions = self.drop_captions(batch["caption"]) if self.training else batch["caption"]
-        loss = self.diffusion.loss_on(self.latents(batch), self.encode_prompts(captions, allow_empty=True)).mean()
+        # A batch of reflow pairs carries each latent's own starting noise (minisd.train.reflow).
+        loss = self.diffusion.loss_on(self.latents(batch), self.encode_prompts(captions, allow_empty=True),
+                                      noise=batch.get("noise")).mean()
         return loss, {"loss": loss.item()}
