@@ -188,11 +188,12 @@ def test_training_lowers_the_test_loss(tmp_path, digits_train, digits_test):
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_builds_its_model_and_training_config(preset):
     from minisd.data.toys import TOYS
-    from minisd.train.config import STAGES, is_text_to_image_config, stage_config
+    from minisd.train.config import STAGES, is_distill_config, is_text_to_image_config, stage_config, student_config
 
     # The folder preset names a folder of the user's (--data replaces it); shapes, 3x32x32 too, stands in for it.
     config = load_run_config(preset, ["data.dataset=shapes"] if preset == "text2image_folder" else [])
-    runs = [stage_config(config, stage) for stage in STAGES] if is_text_to_image_config(config) else [config]
+    runs = ([stage_config(config, stage) for stage in STAGES] if is_text_to_image_config(config) else
+            [student_config(config)] if is_distill_config(config) else [config])
     for run in runs:
         assert set(run) >= {"model", "data", "train"}
         assert run["data"]["dataset"] in ("mnist", "fashion-mnist", "digits", "shapes", *TOYS)

@@ -14,8 +14,9 @@ from typing import Any
 
 from minisd.configs import FOLDER_PRESET
 from minisd.errors import MinisdError
-from minisd.train.config import apply_overrides, is_text_to_image_config, load_run_config
+from minisd.train.config import apply_overrides, is_distill_config, is_text_to_image_config, load_run_config
 from minisd.train.run import train_from_config
+from minisd.train.distill import DISTILL_CONFIG_FILE, train_distilled
 from minisd.train.text_to_image import RUN_CONFIG_FILE, train_text_to_image
 
 RUNS_DIR = Path("runs")
@@ -106,6 +107,11 @@ def run_training(config: str | None = None, overrides: list[str] = (), *, data: 
         raise MinisdError(f"the run folder {out} would hold the images of --data {data} (and --overwrite would "
                           f"delete them); choose another --out, e.g. --out {default_folder_run(data)}-model")
     options = {"data_dir": data_dir, "resume": resume, "overwrite": overwrite, "device": device, "progress": progress}
+    if is_distill_config(run_config) or (resume and (out / DISTILL_CONFIG_FILE).is_file()):
+        if resume and not config:
+            run_config = apply_overrides(json.loads((out / DISTILL_CONFIG_FILE).read_text()), overrides)
+        train_distilled(run_config, out, command=command, **options)
+        return TrainingRun(out, text_to_image=True, result=None)
     if is_text_to_image_config(run_config) or (resume and (out / RUN_CONFIG_FILE).is_file()):
         if resume and not config:
             run_config = apply_overrides(json.loads((out / RUN_CONFIG_FILE).read_text()), overrides)

@@ -169,6 +169,60 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] = ()) -> dict[s
     return config
 
 
+# --------------------------------------------------------------------------------------
+# Distillation configs: [distill], [data] and the student's [student.model] / [student.train]
+# (see minisd.train.distill)
+# --------------------------------------------------------------------------------------
+
+# The samplers that draw no fresh noise at their default arguments: a reflow pair is where the ODE carries its noise.
+DETERMINISTIC_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How the teacher's pairs are drawn: ``teacher`` (a shipped name, a model folder or a text-to-image run),
+    ``pairs`` of them for the first training captions, each drawn by ``sampler`` in ``steps`` steps at
+    ``guidance_scale`` (folded into the student's targets), in chunks of ``chunk``; ``init_from_teacher``: the
+    student's UNet starts from the teacher's weights (same architecture)."""
+
+    teacher: str = "mnist"
+    pairs: int = 20_000
+    guidance_scale: float = 4.0
+    sampler: str = "dpmpp_2m"
+    steps: int = 20
+    chunk: int = 1000
+    init_from_teacher: bool = True
+
+
+def is_distill_config(config: dict[str, Any]) -> bool:
+    return "distill" in config
+
+
+def student_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The student's ordinary run config: its model (a latent_diffusion) and train tables, and the data table."""
+    section = config.get("student")
+    if not isinstance(section, dict) or set(section) - {"model", "train"}:
+        raise ConfigError("a distillation config needs a [student] table with [student.model] and [student.train]")
+    return {"model": {**section.get("model", {}), "type": "latent_diffusion"}, "train": dict(section.get("train", {})),
+            "data": dict(config.get("data", {}))}
+
+
+def validate_distill_config(config: dict[str, Any]) -> DistillConfig:
+    """Check every section before any work; return the ``[distill]`` settings."""
+    unknown = set(config) - {"distill", "data", "student"}
+    if unknown:
+        raise ConfigError(f"unknown sections {sorted(unknown)} in a distillation config; use distill, data, student")
+    check_section("distill", config.get("distill", {}), DistillConfig)
+    settings = DistillConfig(**config.get("distill", {}))
+    if settings.sampler not in DETERMINISTIC_SAMPLERS:
+        raise ConfigError(f"distill.sampler must draw no fresh noise (one of {DETERMINISTIC_SAMPLERS}): a pair is "
+                          f"the picture the teacher's ODE carries its noise to; got {settings.sampler!r}")
+    if settings.pairs < 1 or settings.chunk < 1 or settings.steps < 1 or settings.guidance_scale < 0:
+        raise ConfigError("distill.pairs, chunk and steps must be at least 1 and guidance_scale at least 0")
+    validate_run_config(student_config(config))
+    return settings
+
+
 def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str, Any]:
     """Read a run config (a preset name, see :func:`list_presets`, or a TOML file), apply ``overrides``
     (see :func:`apply_overrides`) and validate it."""
@@ -182,6 +236,9 @@ def load_run_config(preset_or_path: str, overrides: list[str] = ()) -> dict[str,
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
     config = apply_overrides(config, overrides)
+    if is_distill_config(config):
+        validate_distill_config(config)
+        return config
     if is_text_to_image_config(config):
         validate_text_to_image_config(config)
         return config

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from minisd.diffusion.guidance import ClassifierFreeGuidance
 from minisd.diffusion.samplers import sample
+from minisd.train.config import DETERMINISTIC_SAMPLERS
 
-DETERMINISTIC_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")  # with their default arguments: no fresh noise
 
 
 @torch.no_grad()

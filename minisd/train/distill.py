@@ -1,0 +1,135 @@
+"""``minisd train --config mnist_fast``: a few-step text-to-image model distilled from a trained one by reflow.
+
+    RUN/pairs/       the teacher's couplings (noise, latent, caption), made once in chunks of ``chunk`` pairs; a
+                     crashed generation resumes at the first chunk missing (:func:`minisd.train.reflow.teacher_pairs`)
+    RUN/student/     the student: an ordinary run of the training loop on the pairs, with the teacher's autoencoder
+                     and text encoder, frozen; its UNet starts from the teacher's weights (``init_from_teacher``)
+    RUN/model/       the model folder, for ``minisd.load``, ``minisd generate`` and the page
+
+A config has a ``[distill]`` table (the teacher and how its pairs are drawn, :class:`DistillConfig`), the ``[data]``
+table whose training captions the pairs are drawn for, and ``[student.model]``/``[student.train]`` as a
+text-to-image model's ``[unet]`` stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from minisd.errors import ConfigError
+from minisd.models.files import find_checkpoint, load
+from minisd.models.model_folder import RUN_MODEL_FOLDER, is_model_folder, load_model_folder, save_model_folder
+from minisd.shipped import shipped_models
+from minisd.train import distributed
+from minisd.train.config import DistillConfig, student_config, train_config, validate_distill_config
+from minisd.train.reflow import teacher_pairs
+from minisd.train.run import load_captioned_split
+
+DISTILL_CONFIG_FILE = "distill.json"  # the run's whole config, which --resume reads back
+PAIRS_DIR = "pairs"
+
+
+def load_teacher(name: str):
+    """The teacher's :class:`~minisd.models.latent_diffusion.LatentDiffusion`: a shipped name, a model folder, or a
+    text-to-image run (its model folder)."""
+    path = Path(name) if Path(name).exists() else shipped_models().get(name)
+    if path is None:
+        raise ConfigError(f"distill.teacher {name!r} is neither a folder nor one of the shipped models "
+                          f"{sorted(shipped_models())}")
+    for folder in (path, path / RUN_MODEL_FOLDER):
+        if is_model_folder(folder):
+            return load_model_folder(folder)
+    raise ConfigError(f"distill.teacher {name!r} is not a text-to-image model folder or run")
+
+
+def _pairs(settings: DistillConfig, folder: Path, captions: list[str], progress: bool) -> dict[str, Any]:
+    """The pairs, made chunk by chunk into ``folder`` (each chunk written whole, then renamed) or read back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    teacher = None
+    chunks = []
+    for index, start in enumerate(range(0, settings.pairs, settings.chunk)):
+        path = folder / f"pairs-{index:05d}.safetensors"
+        if not path.is_file():
+            teacher = teacher or load_teacher(settings.teacher)
+            batch = captions[start:start + settings.chunk]
+            noise, latents = teacher_pairs(teacher, batch, guidance_scale=settings.guidance_scale,
+                                           sampler=settings.sampler, steps=settings.steps, seed=1000 * index,
+                                           progress=progress)
+            partial = path.with_suffix(".tmp")
+            save_file({"noise": noise.contiguous(), "latent": latents.contiguous()}, partial,
+                      metadata={"captions": json.dumps(batch)})
+            os.replace(partial, path)
+        chunks.append(path)
+    tensors = [load_file(path) for path in chunks]
+    return {"noise": torch.cat([t["noise"] for t in tensors]), "latent": torch.cat([t["latent"] for t in tensors]),
+            "caption": captions[:settings.pairs]}
+
+
+class PairDataset:
+    """Batches of the teacher's pairs: ``caption``, ``latent`` (the teacher's picture) and ``noise`` (its start)."""
+
+    def __init__(self, pairs: dict[str, Any], name: str):
+        self.pairs, self.name, self.split = pairs, name, "train"
+
+    def __len__(self) -> int:
+        return len(self.pairs["latent"])
+
+    def batch(self, indices: torch.Tensor) -> dict[str, Any]:
+        return {"caption": [self.pairs["caption"][i] for i in indices.tolist()],
+                "latent": self.pairs["latent"][indices], "noise": self.pairs["noise"][indices]}
+
+
+def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_dir: str | None = None,
+                    resume: bool = False, overwrite: bool = False, device: str = "auto", progress: bool = True,
+                    command: str | None = None) -> Path:
+    """Draw the teacher's pairs, train the student on them, write ``run_dir/model``; return its path."""
+    from minisd.models.diffusion import DiffusionModel
+    from minisd.models.latent_diffusion import LatentDiffusion
+    from minisd.train.loop import train
+
+    settings = validate_distill_config(config)
+    if distributed.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a distillation runs in one process: start it without torchrun")
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                          f"or choose another --out")
+    if overwrite and run_dir.is_dir():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DISTILL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    student = student_config(config)
+    train_set = load_captioned_split(student["data"], "train", data_dir)
+    captions = list(train_set.batch(torch.arange(min(settings.pairs, len(train_set))))["caption"])
+    if len(captions) < settings.pairs:
+        raise ConfigError(f"distill.pairs = {settings.pairs}, but the training split has {len(captions)} captions")
+    pairs = _pairs(settings, run_dir / PAIRS_DIR, captions, progress)
+    teacher = load_teacher(settings.teacher)
+    unet_settings = {**student["model"].get("unet", {}), "image_shape": list(teacher.autoencoder.latent_shape),
+                     "context_dim": teacher.text_encoder.hparams["text_dim"]}
+    options = {k: v for k, v in student["model"].items() if k not in ("type", "unet")}
+    config_ = train_config(student)
+    torch.manual_seed(config_.seed)
+    model = LatentDiffusion.from_parts(teacher.autoencoder, teacher.text_encoder, DiffusionModel(**unet_settings),
+                                       **options)
+    if settings.init_from_teacher and find_checkpoint(run_dir / "student") is None:
+        try:
+            model.diffusion.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
+        except RuntimeError:
+            raise ConfigError("distill.init_from_teacher needs the student's UNet built as the teacher's (the same "
+                              "channels, levels and attention); change [student.model.unet] or set it false") from None
+    train(model, PairDataset(pairs, train_set.name), config_, run_dir / "student",
+          run_config={"data": student["data"], "model": student["model"]},
+          resume=find_checkpoint(run_dir / "student") is not None, device=device, progress=progress)
+    folder = run_dir / RUN_MODEL_FOLDER
+    if is_model_folder(folder):
+        shutil.rmtree(folder)
+    save_model_folder(load(run_dir / "student"), folder, data={"dataset": student["data"].get("dataset")})
+    print(f"few-step text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
+    return folder
