@@ -99,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         print(f"model card: {write_model_card(run.out, data_dir=args.data_dir)}")
         return
+    if run.result is None:  # a distillation: its model folder (written and announced by the run)
+        return
     summary = ", ".join(f"{k} {v:.4g}" for k, v in run.result["eval"].items())
     print(f"trained {run.result['step']} steps in {run.result['seconds']:.0f} s; test: {summary}")
     print(f"checkpoint: {run.out / 'checkpoint'}   metrics: {run.out / 'metrics.jsonl'}")

@@ -25,7 +25,7 @@ RUNS_DIR = Path("runs")
 @dataclass(frozen=True)
 class TrainingRun:
     """What :func:`run_training` trained: the run folder ``out``; for an ordinary run the loop's ``result`` (step,
-    seconds, test metrics), for a text-to-image run (``text_to_image``) None."""
+    seconds, test metrics), for a text-to-image run (``text_to_image``) or a distillation None."""
 
     out: Path
     text_to_image: bool
@@ -111,7 +111,7 @@ def run_training(config: str | None = None, overrides: list[str] = (), *, data: 
         if resume and not config:
             run_config = apply_overrides(json.loads((out / DISTILL_CONFIG_FILE).read_text()), overrides)
         train_distilled(run_config, out, command=command, **options)
-        return TrainingRun(out, text_to_image=True, result=None)
+        return TrainingRun(out, text_to_image=False, result=None)
     if is_text_to_image_config(run_config) or (resume and (out / RUN_CONFIG_FILE).is_file()):
         if resume and not config:
             run_config = apply_overrides(json.loads((out / RUN_CONFIG_FILE).read_text()), overrides)
