@@ -8,7 +8,7 @@ import torch
 
 from minisd.diffusion import build_schedule, from_x0, to_x0
 from minisd.diffusion.losses import denoising_loss, sample_times
-from minisd.diffusion.samplers import SAMPLERS, sample
+from minisd.diffusion.samplers import SAMPLERS
 from minisd.diffusion.spacing import time_steps
 from minisd.models import DiffusionModel
 
