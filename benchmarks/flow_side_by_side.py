@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--per-digit", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--likelihood-images", type=int, default=100, help="0: no ODE bits/dim")
+    parser.add_argument("--figure", type=Path, default=Path("docs/figures/flow/fid_against_nfe.png"))
     args = parser.parse_args()
     classifier = load(args.classifier)
     test = load_dataset("mnist", "test")
@@ -98,6 +99,29 @@ def main() -> None:
             print(f"| {run.name} | {sampler} | " + " | ".join(
                 f"{c['fid']:.1f} ({100 * c['accuracy']:.1f}%)" + (f" [{c['nfe']}]" if c["nfe"] != budget else "")
                 for c, budget in zip(cells, BUDGETS)) + f" | {'' if ode is None or sampler != 'euler' else f'{ode:.3f}'} |")
+
+
+    figure(table, args.runs, args.figure)
+
+
+def figure(table: dict, runs: list[Path], path: Path) -> None:
+    """FID-MNIST against NFE, one panel per sampler, one line per run (log-log)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.5, 3.4))
+    for ax, sampler in zip(fig.subplots(1, len(SAMPLERS), sharey=True), SAMPLERS):
+        for run in runs:
+            cells = [table[run.name, sampler, budget] for budget in BUDGETS]
+            ax.plot([c["nfe"] for c in cells], [c["fid"] for c in cells], marker="o", label=run.name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("denoiser evaluations (NFE)")
+        ax.set_title(sampler, fontsize=9)
+    fig.axes[0].set_ylabel("FID-MNIST (1000 samples)")
+    fig.axes[-1].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":
