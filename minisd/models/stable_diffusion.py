@@ -92,9 +92,10 @@ class StableDiffusion(nn.Module):
         """The context ``(B, 77, dim)``: CLIP's last hidden states of the padded prompts, all 77 attended to, as SD was
         trained (no mask). ``allow_empty`` is accepted for the pipeline's sake: the empty prompt is always valid here."""
         for prompt in prompts if not allow_empty else ():
-            if isinstance(prompt, str) and self.tokenizer.truncated(prompt):
+            cut = self.tokenizer.truncated(prompt) if isinstance(prompt, str) else ""
+            if cut:
                 warnings.warn(f"the prompt is longer than the {self.tokenizer.max_length} tokens CLIP reads; this part "
-                              f"was left out: {self.tokenizer.truncated(prompt)!r}", stacklevel=3)
+                              f"was left out: {cut!r}", stacklevel=3)
         ids = self.tokenizer(list(prompts)).to(self.device)
         return {"context": self.text_encoder(ids)}
 
@@ -129,18 +130,19 @@ def stable_diffusion_fingerprint(folder: str | os.PathLike) -> str:
     return fingerprint([weights_file(_part(folder, name)) for name in ("unet", "vae", "text_encoder")])
 
 
-def load_unet(part: Path) -> tuple[UNet, int]:
-    """SD's UNet from its folder (``unet/``: config.json and the safetensors), and its latent sample size."""
-    settings = unet_settings(Config(part / "config.json"))
+def load_unet(part: Path, settings: dict[str, Any] | None = None) -> tuple[UNet, int]:
+    """SD's UNet from its folder (``unet/``: config.json and the safetensors), and its latent sample size.
+    ``settings``: the config already read by :func:`~minisd.models.sd_configs.unet_settings`."""
+    settings = dict(settings or unet_settings(Config(part / "config.json")))
     sample_size = settings.pop("sample_size")
     with torch.device("meta"):  # shapes only: nothing is allocated before the weights are checked against them
         unet = UNet(**settings)
     return load_weights(unet, weights_file(part), UNET_NAMES, part / "config.json"), sample_size
 
 
-def load_autoencoder(part: Path) -> LatentAutoencoder:
+def load_autoencoder(part: Path, settings: dict[str, Any] | None = None) -> LatentAutoencoder:
     """SD's autoencoder from its folder (``vae/``), its latent scale from ``scaling_factor``."""
-    settings = autoencoder_settings(Config(part / "config.json"))
+    settings = dict(settings or autoencoder_settings(Config(part / "config.json")))
     latent_scale = settings.pop("latent_scale")
     with torch.device("meta"):
         autoencoder = LatentAutoencoder(**settings)
@@ -148,10 +150,10 @@ def load_autoencoder(part: Path) -> LatentAutoencoder:
                         buffers={"latent_scale": torch.tensor(latent_scale)})
 
 
-def load_text_encoder(part: Path) -> TextEncoder:
+def load_text_encoder(part: Path, settings: dict[str, Any] | None = None) -> TextEncoder:
     """CLIP's text transformer from its folder (``text_encoder/``, transformers' layout)."""
     with torch.device("meta"):
-        text_encoder = TextEncoder(**text_encoder_settings(Config(part / "config.json")))
+        text_encoder = TextEncoder(**(settings or text_encoder_settings(Config(part / "config.json"))))
     return load_weights(text_encoder, weights_file(part), TEXT_ENCODER_NAMES, part / "config.json")
 
 
@@ -177,12 +179,12 @@ def load_stable_diffusion(folder: str | os.PathLike, device: str | torch.device 
     if tokenizer.max_length > text["max_length"] or tokenizer.vocab_size > text["vocab_size"]:
         raise CheckpointError(f"the tokenizer ({tokenizer.vocab_size} tokens, {tokenizer.max_length} positions) does "
                               f"not fit {text_config} ({text['vocab_size']}, {text['max_length']})")
-    unet_module, sample_size = load_unet(parts["unet"])
+    unet_module, sample_size = load_unet(parts["unet"], unet)
     betas = training_betas(**scheduler["schedule"]) if scheduler["betas"] is None else torch.tensor(scheduler["betas"])
     schedule = DiscreteSchedule(betas, steps_offset=scheduler["steps_offset"],
                                 set_alpha_to_one=scheduler["set_alpha_to_one"],
                                 timestep_spacing=scheduler["timestep_spacing"], clip_sample=scheduler["clip_sample"],
                                 clip_sample_range=scheduler["clip_sample_range"])
-    model = StableDiffusion(unet_module, load_autoencoder(parts["vae"]), load_text_encoder(parts["text_encoder"]),
+    model = StableDiffusion(unet_module, load_autoencoder(parts["vae"], vae), load_text_encoder(parts["text_encoder"], text),
                             tokenizer, schedule, scheduler["prediction"], scheduler["sampler"], sample_size)
     return model.to(device).eval()
