@@ -275,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "diffusion: adds the trajectory and sampler figures; "
                                                        "score: a score model of a 2-D toy, default: train one on "
                                                        "gmm first; "
-                                                       "text-to-image: a model, run or shipped name, default mnist)")
+                                                       "text-to-image: a model, run or shipped name, default mnist; "
+                                                       "flow: adds a few-step digits model's samples, e.g. "
+                                                       "mnist-fast)")
     figures.add_argument("--out", help="folder for the PNG files")
     figures.add_argument("--seed", type=_seed, default=0, help="random seed of the figures' noise and samples")
     figures.add_argument("--raw-weights", action="store_true", help="use the last step's weights instead of the EMA")

@@ -36,3 +36,36 @@ def test_a_tiny_distillation_writes_a_few_step_model_and_resumes(tmp_path):
 def test_bad_distillation_configs_are_refused_in_one_line(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         run_training("mnist_fast", [*TINY, override], out=tmp_path / "bad", progress=False)
+
+
+TINY_CONSISTENCY = ["distill.steps=4", "student.train.steps=2", "student.train.batch_size=4",
+                    "student.train.checkpoint_every=2", "student.train.warmup_steps=1", "data.num_images=64"]
+
+
+def test_a_tiny_consistency_distillation_saves_the_student_alone(tmp_path):
+    from safetensors import safe_open
+
+    from minisd.models.latent_diffusion import LatentDiffusion
+    from minisd.train.distill import load_teacher
+
+    out = tmp_path / "consistency"
+    run_training("mnist_consistency", TINY_CONSISTENCY, out=out, progress=False)
+    assert not (out / "pairs").exists()  # no teacher pairs: the teacher steps inside the loss
+    pipe = minisd.load(out)
+    assert type(pipe.model) is LatentDiffusion
+    assert (pipe.model.sampler, pipe.model.sample_steps, pipe.model.guidance_scale) == ("ddim", 4, 1.0)
+    assert pipe.model.diffusion.denoiser.prediction == "flow"
+    # The checkpoint holds the student and nothing of the teacher: the names of one model's weights.
+    with safe_open(out / "student" / "checkpoint" / "model.safetensors", "pt") as weights:
+        assert set(weights.keys()) == set(load_teacher("mnist").state_dict())
+    images = pipe("a handwritten digit 3", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (1, 1, 28, 28) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("distill.method=\"progressive\"", "distill.method must be one of"),
+    ("distill.sampler=\"dpmpp_2m\"", "steps the teacher by DDIM"),
+])
+def test_bad_consistency_configs_are_refused_in_one_line(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run_training("mnist_consistency", [*TINY_CONSISTENCY, override], out=tmp_path / "bad", progress=False)

@@ -57,8 +57,13 @@ return images.length === 4 && images.every(image => image.complete && image.natu
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with ServerProcess(["--outputs", str(tmp_path_factory.mktemp("outputs"))]) as running:
+def outputs(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def server(outputs):
+    with ServerProcess(["--outputs", str(outputs)]) as running:
         yield running
 
 
@@ -207,3 +212,59 @@ def test_the_chapter_tabs(server, browser):
     _wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#denoised img")) == 8)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#noised img")) == 8
     _screenshot(browser, "diffusion_noising")
+
+
+def _type_slowly(field, text: str, pause: float = 0.05) -> None:
+    """Key by key, as a person types (20 keys a second)."""
+    for key in text:
+        field.send_keys(key)
+        time.sleep(pause)
+
+
+def _drawings(outputs: Path) -> set[Path]:
+    return {folder for folder in outputs.iterdir() if folder.is_dir()}
+
+
+def _drawn_prompt(browser) -> str:
+    return browser.find_element(By.ID, "settings").text
+
+
+def test_a_few_step_model_draws_as_the_prompt_is_typed(server, browser, outputs):
+    browser.get(server.url)
+    field = _wait(browser, lambda: browser.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+    live = browser.find_element(By.CSS_SELECTOR, "#live input")
+    assert not live.is_selected()  # the 20-step teacher draws on Generate only
+    before = _drawings(outputs)
+    _type_slowly(field, "a handwritten digit 4")
+    time.sleep(1.5)
+    assert _drawings(outputs) == before
+
+    # Choosing the few-step model brings its own settings, and drawing as you type.
+    choice = browser.find_element(By.CSS_SELECTOR, "#model input")
+    choice.click()
+    choice.send_keys(Keys.CONTROL, "a")
+    choice.send_keys("mnist-fast")
+    _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "ul.options li[data-value='mnist-fast']"), 10)
+    browser.find_element(By.CSS_SELECTOR, "ul.options li[data-value='mnist-fast']").click()
+    _wait(browser, lambda: live.is_selected(), 30)
+    steps = browser.find_element(By.CSS_SELECTOR, "#steps input[type=number]").get_attribute("value")
+    guidance = browser.find_element(By.CSS_SELECTOR, "#guidance input[type=number]").get_attribute("value")
+    assert (steps, float(guidance)) == ("4", 1.0)
+
+    # Typing draws, with no click: once per pause, not once per key.
+    field.send_keys(Keys.CONTROL, "a", Keys.DELETE)
+    before = _drawings(outputs)
+    _type_slowly(field, "a handwritten digit 6")
+    _wait(browser, lambda: "a handwritten digit 6" in _drawn_prompt(browser), 30)
+    _wait(browser, lambda: browser.execute_script(GALLERY_LOADED), 30)
+    drawn = _drawings(outputs) - before
+    assert 1 <= len(drawn) <= 3, f"{len(drawn)} drawings for {len('a handwritten digit 6')} keys"
+    [png] = [path for folder in drawn for path in folder.glob("*-0.png")
+             if read_settings(path)["prompt"] == "a handwritten digit 6"]
+    settings = read_settings(png)
+    assert (settings["model"], settings["steps"], settings["guidance_scale"]) == ("mnist-fast", 4, 1.0)
+    _screenshot(browser, "draw_as_you_type")
+
+    # The next words redraw it.
+    _type_slowly(field, ", thick")
+    _wait(browser, lambda: "a handwritten digit 6, thick" in _drawn_prompt(browser), 30)

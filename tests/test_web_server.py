@@ -92,6 +92,21 @@ def test_inpainting_over_the_api_returns_the_pngs_and_their_inputs(server, tmp_p
         assert again.tobytes() == original.tobytes()
 
 
+def test_draw_as_you_type_is_the_generation_of_generate_under_the_same_checks(server):
+    """The hidden button the page presses when typing pauses is an event of its own over the API: the same
+    handler, the same checks, and a PNG that minisd generate --from makes again."""
+    from minisd.web.client import call, generate_inputs
+
+    outcome = call(server.url, "draw_as_you_type", generate_inputs("a handwritten digit 2", model="mnist-fast",
+                                                                   sampler="euler", steps=4, guidance=1.0, images=4))
+    assert outcome.status == "complete", outcome.message
+    settings = read_settings(outcome.data[4][0]["path"])
+    assert (settings["model"], settings["steps"], settings["guidance_scale"]) == ("mnist-fast", 4, 1.0)
+    refused = call(server.url, "draw_as_you_type", generate_inputs("a handwritten digit 2", model="mnist-fast",
+                                                                   steps=10_000))
+    assert refused.status == "error" and "steps" in refused.message
+
+
 def test_an_open_host_is_warned_about(tmp_path):
     pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
     from minisd.web.client import ServerProcess

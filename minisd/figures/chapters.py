@@ -32,6 +32,8 @@ def make_figures(chapter: str, checkpoint: str | os.PathLike | None = None, *, o
         raise MinisdError(f"no chapter {chapter!r} has figures; the chapters are {', '.join(CHAPTERS)}")
     if chapter == "text-to-image":
         return _text_to_image_figures(checkpoint, out, seed=seed, overwrite=overwrite, device=device)
+    if chapter == "flow":
+        return _flow_figures(checkpoint, out, seed=seed, overwrite=overwrite, device=device)
     config = read_checkpoint_config(resolve_model(checkpoint).folder) if checkpoint else None
     if config is not None and config["model"].get("type") not in FIGURE_MODELS.get(chapter, ()):
         kind = config["model"].get("type")
@@ -54,10 +56,6 @@ def make_figures(chapter: str, checkpoint: str | os.PathLike | None = None, *, o
         from minisd.figures.probability import make_probability_figures
 
         return make_probability_figures(out, seed=seed, overwrite=overwrite)
-    if chapter == "flow":
-        from minisd.figures.flow import make_flow_figures
-
-        return make_flow_figures(out, seed=seed, overwrite=overwrite)
     if chapter == "diffusion":
         from minisd.data import load_dataset
         from minisd.figures.diffusion import make_diffusion_figures
@@ -107,6 +105,24 @@ def _text_to_image_figures(model: str | os.PathLike | None, out: str | os.PathLi
         raise MinisdError(f"{model or DEFAULT_MODEL} is not a text-to-image model; minisd figures text-to-image "
                           f"draws one")
     return make_text_to_image_figures(pipe, out, seed=seed, prompts=prompts)
+
+
+def _flow_figures(model: str | os.PathLike | None, out: str | os.PathLike | None, *, seed: int, overwrite: bool,
+                  device: str) -> dict[str, Path]:
+    """The trajectories; with a few-step digits model (by name or path), also its samples at 1, 2 and 4 steps beside
+    those of the shipped digits model it is distilled from."""
+    from minisd.figures.flow import make_flow_figures
+    from minisd.pipelines import TextToImagePipeline
+
+    out = Path(out) if out else Path("figures/flow")
+    if model is None:
+        return make_flow_figures(out, seed=seed, overwrite=overwrite)
+    pipe = load(model, device=resolve_device(device))
+    if not isinstance(pipe, TextToImagePipeline) or text_to_image_dataset(resolve_model(model).folder) != "mnist":
+        raise MinisdError(f"{model} is not a digits text-to-image model; minisd figures flow draws a few-step one, "
+                          f"such as mnist-fast")
+    teacher = load(DEFAULT_MODEL, device=resolve_device(device))
+    return make_flow_figures(out, seed=seed, overwrite=overwrite, model=pipe, teacher=teacher)
 
 
 def _folder_model_prompts(location: ModelLocation) -> list[str] | None:

@@ -1,13 +1,15 @@
-"""Chapter "Flow matching and few-step generation": the paths of the probability-flow ODE, curved and straight.
+"""Chapter "Flow matching and few-step generation": the paths of the probability-flow ODE, curved and straight, and
+a few-step model's pictures at 1, 2 and 4 evaluations beside its teacher's.
 
-The figure needs no trained model: for a Gaussian mixture the denoiser is exact at every noise level (Tweedie's
-formula on the noised mixture, :meth:`~minisd.data.toys.GaussianMixture.noised`), so the trajectories drawn are
-the ODE's own, not a network's approximation of them.
+The trajectory figure needs no trained model: for a Gaussian mixture the denoiser is exact at every noise level
+(Tweedie's formula on the noised mixture, :meth:`~minisd.data.toys.GaussianMixture.noised`), so the trajectories
+drawn are the ODE's own, not a network's approximation of them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -70,8 +72,44 @@ def flow_trajectories_figure(path: Path, *, seed: int = 0, count: int = 40) -> P
     return save_figure(fig, path)
 
 
-def make_flow_figures(out: Path, *, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
-    """The chapter's figures that need no trained model, written into ``out``."""
-    path = Path(out) / "trajectories.png"
-    check_writable(path, overwrite, suffixes=(".png",), what="figure")
-    return {"trajectories": flow_trajectories_figure(path, seed=seed)}
+DIGIT_PROMPTS = [f"a handwritten digit {k}" for k in range(10)]
+
+
+def few_step_samples_figure(path: Path, model: Any, teacher: Any | None = None, *, steps: tuple[int, ...] = (1, 2, 4),
+                            seed: int = 0) -> Path:
+    """One picture of each "a handwritten digit k" (columns) drawn by the few-step ``model`` (a text-to-image
+    pipeline) at its defaults but for the number of ``steps`` (rows), each column from the same noise in every row;
+    a last row by ``teacher`` at its own defaults, from the same noise, when given."""
+    rows = [(f"{n} step{'s' if n > 1 else ''}, {n} evaluation{'s' if n > 1 else ''}",
+             model(DIGIT_PROMPTS, num_inference_steps=n, generator=torch.Generator().manual_seed(seed),
+                   output_type="pt").images) for n in steps]
+    if teacher is not None:
+        settings = teacher.model
+        evaluations = settings.sample_steps * (2 if settings.guidance_scale != 1 else 1)
+        rows.append((f"teacher: {settings.sample_steps} steps at guidance {settings.guidance_scale:g}, "
+                     f"{evaluations} evaluations",
+                     teacher(DIGIT_PROMPTS, generator=torch.Generator().manual_seed(seed), output_type="pt").images))
+    fig = Figure(figsize=(7.5, 0.95 * len(rows) + 0.3))
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for ax, (label, images) in zip(axes, rows):
+        strip = torch.cat(list(images.clamp(0, 1)[:, 0]), dim=1)  # the ten pictures side by side
+        ax.imshow(strip.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(label, fontsize=8, loc="left")
+        ax.set_axis_off()
+    fig.suptitle("\"a handwritten digit 0\" ... \"9\": the same noise in every row", fontsize=9)
+    return save_figure(fig, path)
+
+
+def make_flow_figures(out: Path, *, seed: int = 0, overwrite: bool = False, model: Any | None = None,
+                      teacher: Any | None = None) -> dict[str, Path]:
+    """The chapter's figures, written into ``out``: the trajectories, and with a few-step text-to-image ``model``
+    its samples at 1, 2 and 4 steps (beside ``teacher``'s, when given)."""
+    paths = {"trajectories": Path(out) / "trajectories.png"}
+    if model is not None:
+        paths["few_step_samples"] = Path(out) / "few_step_samples.png"
+    for path in paths.values():  # before the work
+        check_writable(path, overwrite, suffixes=(".png",), what="figure")
+    written = {"trajectories": flow_trajectories_figure(paths["trajectories"], seed=seed)}
+    if model is not None:
+        written["few_step_samples"] = few_step_samples_figure(paths["few_step_samples"], model, teacher, seed=seed)
+    return written

@@ -176,15 +176,19 @@ def apply_overrides(config: dict[str, Any], overrides: list[str] = ()) -> dict[s
 
 # The samplers that draw no fresh noise at their default arguments: a reflow pair is where the ODE carries its noise.
 DETERMINISTIC_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
+DISTILL_METHODS = ("reflow", "consistency")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """How the teacher's pairs are drawn: ``teacher`` (a shipped name, a model folder or a text-to-image run),
-    ``pairs`` of them for the first training captions, each drawn by ``sampler`` in ``steps`` steps at
-    ``guidance_scale`` (folded into the student's targets), in chunks of ``chunk``; ``init_from_teacher``: the
-    student's UNet starts from the teacher's weights (same architecture)."""
+    """How a student learns from ``teacher`` (a shipped name, a model folder or a text-to-image run) guided at
+    ``guidance_scale`` (folded into the student's targets). ``method`` ``reflow``: ``pairs`` of the teacher's
+    (noise, picture) couplings for the first training captions, each drawn by ``sampler`` in ``steps`` steps, in
+    chunks of ``chunk``. ``consistency``: consistency distillation on the training data, the teacher stepping once
+    by ``sampler`` (``ddim``) on a grid of ``steps`` steps. ``init_from_teacher``: the student's UNet starts from
+    the teacher's weights (same architecture)."""
 
+    method: str = "reflow"
     teacher: str = "mnist"
     pairs: int = 20_000
     guidance_scale: float = 4.0
@@ -214,6 +218,11 @@ def validate_distill_config(config: dict[str, Any]) -> DistillConfig:
         raise ConfigError(f"unknown sections {sorted(unknown)} in a distillation config; use distill, data, student")
     check_section("distill", config.get("distill", {}), DistillConfig)
     settings = DistillConfig(**config.get("distill", {}))
+    if settings.method not in DISTILL_METHODS:
+        raise ConfigError(f"distill.method must be one of {DISTILL_METHODS}, got {settings.method!r}")
+    if settings.method == "consistency" and settings.sampler != "ddim":
+        raise ConfigError(f"consistency distillation steps the teacher by DDIM: set distill.sampler = \"ddim\" "
+                          f"(got {settings.sampler!r})")
     if settings.sampler not in DETERMINISTIC_SAMPLERS:
         raise ConfigError(f"distill.sampler must draw no fresh noise (one of {DETERMINISTIC_SAMPLERS}): a pair is "
                           f"the picture the teacher's ODE carries its noise to; got {settings.sampler!r}")

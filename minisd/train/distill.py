@@ -1,10 +1,16 @@
-"""``minisd train --config mnist_fast``: a few-step text-to-image model distilled from a trained one by reflow.
+"""``minisd train --config mnist_fast``: a few-step text-to-image model distilled from a trained one, by reflow
+(``distill.method = "reflow"``) or consistency distillation (``"consistency"``).
 
-    RUN/pairs/       the teacher's couplings (noise, latent, caption), made once in chunks of ``chunk`` pairs; a
-                     crashed generation resumes at the first chunk missing (:func:`minisd.train.reflow.teacher_pairs`)
-    RUN/student/     the student: an ordinary run of the training loop on the pairs, with the teacher's autoencoder
-                     and text encoder, frozen; its UNet starts from the teacher's weights (``init_from_teacher``)
-    RUN/model/       the model folder, for ``minisd.load``, ``minisd generate`` and the page
+    RUN/pairs/       reflow only: the teacher's couplings (noise, latent, caption), made once in chunks of ``chunk``
+                     pairs; a crashed generation resumes at the first chunk missing
+                     (:func:`minisd.train.reflow.teacher_pairs`)
+    RUN/student/     the student: an ordinary run of the training loop, on the pairs (reflow) or on the training
+                     data with the teacher in the loss (:class:`minisd.train.consistency.ConsistencyStudent`), with
+                     the teacher's autoencoder and text encoder, frozen; its UNet starts from the teacher's weights
+                     (``init_from_teacher``)
+    RUN/model/       the model folder, for ``minisd.load``, ``minisd generate`` and the page, with its model card
+                     (README.md: the command, and the time each stage took on this machine)
+    RUN/timings.json one entry per command run on the folder (a resumed run adds one): its stages' seconds
 
 A config has a ``[distill]`` table (the teacher and how its pairs are drawn, :class:`DistillConfig`), the ``[data]``
 table whose training captions the pairs are drawn for, and ``[student.model]``/``[student.train]`` as a
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +32,14 @@ from safetensors.torch import load_file, save_file
 from minisd.errors import ConfigError
 from minisd.models.files import find_checkpoint, load
 from minisd.models.model_folder import RUN_MODEL_FOLDER, is_model_folder, load_model_folder, save_model_folder
+from minisd.runtime import cpu_name
 from minisd.shipped import shipped_models
 from minisd.train import distributed
+from minisd.train.consistency import ConsistencyStudent
 from minisd.train.config import DistillConfig, student_config, train_config, validate_distill_config
 from minisd.train.reflow import teacher_pairs
 from minisd.train.run import load_captioned_split
+from minisd.train.text_to_image import TIMINGS_FILE
 
 DISTILL_CONFIG_FILE = "distill.json"  # the run's whole config, which --resume reads back
 PAIRS_DIR = "pairs"
@@ -88,7 +98,8 @@ class PairDataset:
 def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_dir: str | None = None,
                     resume: bool = False, overwrite: bool = False, device: str = "auto", progress: bool = True,
                     command: str | None = None) -> Path:
-    """Draw the teacher's pairs, train the student on them, write ``run_dir/model``; return its path."""
+    """Train the student (on the teacher's pairs, or by consistency distillation), write ``run_dir/model``; return
+    its path."""
     from minisd.models.diffusion import DiffusionModel
     from minisd.models.latent_diffusion import LatentDiffusion
     from minisd.train.loop import train
@@ -104,32 +115,72 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DISTILL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    timings_file = run_dir / TIMINGS_FILE
+    timings = [*(json.loads(timings_file.read_text()) if timings_file.is_file() else []),
+               {"command": command, "seconds": {}, "threads": torch.get_num_threads(), "cpu": cpu_name()}]
+
+    def timed(stage: str, started: float) -> None:
+        timings[-1]["seconds"][stage] = time.perf_counter() - started
+        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+
     student = student_config(config)
     train_set = load_captioned_split(student["data"], "train", data_dir)
-    captions = list(train_set.batch(torch.arange(min(settings.pairs, len(train_set))))["caption"])
-    if len(captions) < settings.pairs:
-        raise ConfigError(f"distill.pairs = {settings.pairs}, but the training split has {len(captions)} captions")
-    pairs = _pairs(settings, run_dir / PAIRS_DIR, captions, progress)
+    if settings.method == "reflow":
+        captions = list(train_set.batch(torch.arange(min(settings.pairs, len(train_set))))["caption"])
+        if len(captions) < settings.pairs:
+            raise ConfigError(f"distill.pairs = {settings.pairs}, but the training split has {len(captions)} captions")
+        started = time.perf_counter()
+        train_set = PairDataset(_pairs(settings, run_dir / PAIRS_DIR, captions, progress), train_set.name)
+        timed("pairs", started)
     teacher = load_teacher(settings.teacher)
     unet_settings = {**student["model"].get("unet", {}), "image_shape": list(teacher.autoencoder.latent_shape),
                      "context_dim": teacher.text_encoder.hparams["text_dim"]}
     options = {k: v for k, v in student["model"].items() if k not in ("type", "unet")}
     config_ = train_config(student)
     torch.manual_seed(config_.seed)
-    model = LatentDiffusion.from_parts(teacher.autoencoder, teacher.text_encoder, DiffusionModel(**unet_settings),
-                                       **options)
+    student_class = ConsistencyStudent if settings.method == "consistency" else LatentDiffusion
+    model = student_class.from_parts(teacher.autoencoder, teacher.text_encoder, DiffusionModel(**unet_settings),
+                                     **options)
+    if settings.method == "consistency":
+        model.distil_from(teacher, settings.guidance_scale, settings.steps)
     if settings.init_from_teacher and find_checkpoint(run_dir / "student") is None:
         try:
             model.diffusion.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
         except RuntimeError:
             raise ConfigError("distill.init_from_teacher needs the student's UNet built as the teacher's (the same "
                               "channels, levels and attention); change [student.model.unet] or set it false") from None
-    train(model, PairDataset(pairs, train_set.name), config_, run_dir / "student",
+    started = time.perf_counter()
+    train(model, train_set, config_, run_dir / "student",
           run_config={"data": student["data"], "model": student["model"]},
           resume=find_checkpoint(run_dir / "student") is not None, device=device, progress=progress)
+    timed("student", started)
     folder = run_dir / RUN_MODEL_FOLDER
     if is_model_folder(folder):
         shutil.rmtree(folder)
     save_model_folder(load(run_dir / "student"), folder, data={"dataset": student["data"].get("dataset")})
+    (folder / "README.md").write_text(model_card(run_dir.resolve().name, settings, student["model"], timings))
     print(f"few-step text-to-image model written to {folder}: minisd generate \"...\" --model {run_dir}")
     return folder
+
+
+METHODS_CITED = {"reflow": "reflow (Liu et al. 2023) on its own (noise, picture) pairs",
+                 "consistency": "consistency distillation (Song et al. 2023; Luo et al. 2023)"}
+
+
+def model_card(name: str, settings: DistillConfig, student: dict[str, Any], timings: list[dict[str, Any]]) -> str:
+    """The distilled model's card: what it was distilled from and how, its defaults, and the commands run on its
+    folder with the time each stage took."""
+    total = sum(sum(timing["seconds"].values()) for timing in timings)
+    lines = [f"# {name}", "", f"A minisd few-step text-to-image model (chapter \"Flow matching and few-step "
+             f"generation\"), distilled from `{settings.teacher}` at guidance {settings.guidance_scale:g} by "
+             f"{METHODS_CITED[settings.method]}. Guidance is folded into it: it draws at guidance "
+             f"{student.get('guidance_scale', 1.0):g}, by default in {student.get('sample_steps')} steps of "
+             f"`{student.get('sampler')}` (`--steps 1` and `--steps 2` draw too).", "",
+             "## How it was trained", "", "Each command run on the training folder, and the time each stage took:", ""]
+    for timing in timings:
+        parts = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timing["seconds"].items())
+        lines += [f"    {timing.get('command') or '(from Python)'}", "",
+                  f"  {parts} ({timing['threads']} CPU threads, {timing['cpu']})", ""]
+    lines += [f"- total: **{total / 60:.1f} minutes**, besides the teacher's own training", "",
+              "Prompt adherence and FID: `minisd eval` with the evaluation classifier (see benchmarks/README.md)."]
+    return "\n".join(lines) + "\n"

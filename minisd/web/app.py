@@ -26,11 +26,26 @@ HEAVY = "model"  # the concurrency group of everything that runs a diffusion mod
 log = logging.getLogger("minisd.web")
 # Model images are 28 or 32 pixels: shown large, each pixel stays a sharp square.
 CSS = "#gallery img, #attention img, #preview img, #decoded img, #plane img, #noised img, #denoised img " \
-      "{image-rendering: pixelated;}"
+      "{image-rendering: pixelated;} .minisd-hidden {display: none !important;}"
+# A model drawing in at most this many steps draws as the prompt is typed (its "Draw as you type" starts on).
+LIVE_MAX_STEPS = 4
+# Draw as you type, debounced in the browser: each keystroke restarts a timer, and only when the typing pauses for
+# LIVE_PAUSE_MS does the page press its hidden draw button. Keystrokes send nothing to the server, and a pause
+# while a drawing runs queues at most one more (the button's trigger_mode "always_last"), in the page's one queue.
+LIVE_PAUSE_MS = 300
+DRAW_ON_PAUSE = f"""
+(prompt, live) => {{
+  clearTimeout(window.minisdLiveTimer);
+  if (live && prompt.trim()) {{
+    window.minisdLiveTimer = setTimeout(() => document.querySelector('#live-draw').click(), {LIVE_PAUSE_MS});
+  }}
+  return [prompt, live];
+}}
+"""
 
 INTRO = """# minisd: watch a prompt become a picture
 Type a prompt and press **Generate**: the picture on the right is the model's estimate of the clean image (x0)
-after each denoising step. Every PNG you download carries its settings: `minisd generate --from FILE.png` makes
+after each denoising step. A few-step model (`mnist-fast`) draws as you type. Every PNG you download carries its settings: `minisd generate --from FILE.png` makes
 it again. The other tabs show two earlier chapters of the path: the VAE's latent plane and a diffusion model's
 noising over t."""
 
@@ -85,6 +100,11 @@ def _refuse_quietly(page: Any) -> None:
             raise refusal(err.message if isinstance(err, gr.Error) else str(err)) from None
 
     page.preprocess_data = preprocess_data
+
+
+def _is_few_step(model: Any) -> bool:
+    """Whether a model draws in so few steps by default that it can draw as the prompt is typed."""
+    return model.sample_steps <= LIVE_MAX_STEPS
 
 
 def build_page(studio: Studio):
@@ -145,7 +165,11 @@ def build_page(studio: Studio):
                                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
                         strength = gr.Slider(0.05, 1, value=0.8, step=0.05, label="Strength (how much to redraw)",
                                              elem_id="strength")
+                    live = gr.Checkbox(_is_few_step(default), label=f"Draw as you type (models of at most "
+                                       f"{LIVE_MAX_STEPS} steps start with it on)", elem_id="live")
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    # Pressed by the page itself when the typing pauses (DRAW_ON_PAUSE): never shown.
+                    live_draw = gr.Button("Draw", elem_id="live-draw", elem_classes=["minisd-hidden"])
                 with gr.Column(scale=1):
                     status = gr.Markdown("", elem_id="status")
                     # Shown when another model this server offers knows the prompt's words that this one never read.
@@ -189,10 +213,24 @@ def build_page(studio: Studio):
                 except Exception as err:  # noqa: BLE001 - every failure becomes a message; the server goes on
                     raise refused(err) from None
 
-            go.click(generate, [prompt, negative, model, sampler, steps, guidance, seed, random_seed, count, editor,
-                                strength],
-                     [seed, status, preview, gallery, files, attention, settings, last_image, switch, suggestion],
-                     api_name="generate", concurrency_id=HEAVY, concurrency_limit=1)
+            inputs = [prompt, negative, model, sampler, steps, guidance, seed, random_seed, count, editor, strength]
+            outputs = [seed, status, preview, gallery, files, attention, settings, last_image, switch, suggestion]
+            go.click(generate, inputs, outputs, api_name="generate", concurrency_id=HEAVY, concurrency_limit=1)
+            # The same generation, in the same queue and concurrency group; a pause while one runs waits as one.
+            live_draw.click(generate, inputs, outputs, api_name="draw_as_you_type", concurrency_id=HEAVY,
+                            concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
+            prompt.input(None, [prompt, live], None, js=DRAW_ON_PAUSE, queue=False)
+
+            @answered
+            def model_defaults(name):
+                """A chosen model's own sampler, steps and guidance, and draw-as-you-type for a few-step one."""
+                chosen = studio.pipeline(name).model
+                return (gr.Dropdown(value=chosen.sampler if chosen.sampler in PAGE_SAMPLERS else PAGE_SAMPLERS[0]),
+                        gr.Slider(value=min(chosen.sample_steps, limits.max_steps)),
+                        gr.Slider(value=min(chosen.guidance_scale, limits.max_guidance)),
+                        gr.Checkbox(value=_is_few_step(chosen)))
+
+            model.change(model_defaults, model, [sampler, steps, guidance, live], api_name=False, queue=False)
             switch.click(lambda name: (gr.Dropdown(value=name), gr.Button(visible=False)), suggestion,
                          [model, switch], api_name=False, queue=False)
 
