@@ -69,3 +69,21 @@ def test_a_tiny_consistency_distillation_saves_the_student_alone(tmp_path):
 def test_bad_consistency_configs_are_refused_in_one_line(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         run_training("mnist_consistency", [*TINY_CONSISTENCY, override], out=tmp_path / "bad", progress=False)
+
+
+def test_the_shipped_few_step_model_draws_the_asked_digit_in_four_evaluations():
+    """checkpoints/mnist-fast: within 15 MB, with its card and its defaults, and a smoke test of its weights (the
+    acceptance measure, 2000 samples and FID, is `minisd eval mnist-fast`: docs/08-flow-matching.md 8.6)."""
+    from minisd.shipped import SHIPPED_MODELS
+
+    folder = SHIPPED_MODELS / "mnist-fast"
+    assert sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) <= 15 * 2**20
+    assert "minisd train --config mnist_fast" in (folder / "README.md").read_text()
+    pipe = minisd.load("mnist-fast")
+    assert (pipe.model.sampler, pipe.model.sample_steps, pipe.model.guidance_scale) == ("euler", 4, 1.0)
+    classifier = minisd.load("classifier_mnist")
+    prompts = [f"a handwritten digit {k}" for k in range(10)]
+    images = pipe(prompts, num_images_per_prompt=5, generator=torch.Generator().manual_seed(0),
+                  output_type="pt").images
+    asked = torch.arange(10).repeat_interleave(5)
+    assert (classifier.predict(images) == asked).float().mean() >= 0.96

@@ -90,7 +90,7 @@ def two_images(studio) -> tuple[list[dict], Generation]:
 
 def test_find_models_lists_the_shipped_text_to_image_models_by_name():
     models = find_models(SHIPPED_MODELS, None)
-    assert models == {"mnist": SHIPPED_MODELS / "mnist", "shapes": SHIPPED_MODELS / "shapes"}
+    assert models == {name: SHIPPED_MODELS / name for name in ("mnist", "mnist-fast", "shapes")}
     assert "vae2d" not in models and (SHIPPED_MODELS / "vae2d").is_dir()  # a VAE is not a text-to-image model
 
 
@@ -102,7 +102,7 @@ def test_find_models_adds_a_run_only_when_it_has_a_model_folder(tmp_path):
     shutil.copytree(SHIPPED_MODELS / "vae2d", runs / "vae")  # a run of another kind
     (runs / "notes.txt").write_text("not a run\n")
     models = find_models(SHIPPED_MODELS, runs)
-    assert models == {"mnist": SHIPPED_MODELS / "mnist", "shapes": SHIPPED_MODELS / "shapes",
+    assert models == {**{name: SHIPPED_MODELS / name for name in ("mnist", "mnist-fast", "shapes")},
                       str(runs / "x"): runs / "x"}
     assert find_models(tmp_path / "no-checkpoints", runs) == {str(runs / "x"): runs / "x"}
     assert find_models(SHIPPED_MODELS, tmp_path / "no-runs") == find_models(SHIPPED_MODELS, None)
@@ -128,8 +128,8 @@ def test_a_model_the_server_does_not_offer_is_refused_and_never_read_as_a_path(s
     with pytest.raises(RequestError) as caught:
         studio.request(prompt=DIGIT, model=model)
     assert f"unknown model {model!r}" in str(caught.value)
-    assert "this server offers mnist, shapes" in str(caught.value)
-    assert set(studio._pipelines) <= {"mnist", "shapes"}  # nothing was loaded from a path
+    assert "this server offers mnist, mnist-fast, shapes" in str(caught.value)
+    assert set(studio._pipelines) <= {"mnist", "mnist-fast", "shapes"}  # nothing was loaded from a path
 
 
 @pytest.mark.parametrize("sampler", ["nonsense", "ode", "annealed_langevin", "DDIM", 3])
