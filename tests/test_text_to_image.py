@@ -375,7 +375,9 @@ def test_text_to_image_training_resumes_stage_by_stage_and_refuses_changed_setti
     # The same command again would overwrite the run: refused; --resume continues it.
     assert main(["train", *TINY_TEXT_TO_IMAGE, "--out", str(run)]) == 2
     assert "--resume" in capsys.readouterr().err
+    capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--no-progress", "--set", "unet.train.steps=5"]) == 0
+    assert "read back from" in capsys.readouterr().out  # the latents, not encoded again
     assert json.loads((run / "unet/checkpoint/config.json").read_text())["step"] == 5
     assert {stage: (run / stage / "checkpoint/config.json").read_bytes() for stage in stage_checkpoints} == \
         stage_checkpoints  # finished stages are kept as they were
@@ -391,3 +393,18 @@ def test_output_type_np_gives_the_pictures_channels_last_as_diffusers(pipe):
     as_tensor = pipe(PROMPT, num_inference_steps=2, generator=seeded(0), output_type="pt").images
     as_array = pipe(PROMPT, num_inference_steps=2, generator=seeded(0), output_type="np").images
     assert isinstance(as_array, np.ndarray) and np.array_equal(as_array, as_tensor.permute(0, 2, 3, 1).numpy())
+
+
+def test_the_latent_cache_is_read_back_only_for_the_same_autoencoder_and_images(tmp_path):
+    from minisd.train.text_to_image import _read_latent_cache, _write_latent_cache
+
+    splits = {"train": None, "test": None}
+    latents = {"train": torch.randn(5, 4, 7, 7), "test": torch.randn(3, 4, 7, 7)}
+    path = tmp_path / "latents.safetensors"
+    _write_latent_cache(path, "stamp-a", latents)
+    read = _read_latent_cache(path, "stamp-a", splits)
+    assert all(torch.equal(read[split], latents[split]) for split in splits)
+    assert _read_latent_cache(path, "stamp-b", splits) is None  # another autoencoder, scale or images
+    assert _read_latent_cache(tmp_path / "none.safetensors", "stamp-a", splits) is None
+    path.write_bytes(path.read_bytes()[:100])  # cut short
+    assert _read_latent_cache(path, "stamp-a", splits) is None

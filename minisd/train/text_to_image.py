@@ -5,6 +5,9 @@
     RUN/unet/           stage 3: the latent diffusion model, on the cached latents of the images and their
                         captions, with the two parts above frozen
     RUN/model/          the model folder, ready for ``minisd.load`` and ``minisd generate --model RUN``
+    RUN/latents.safetensors
+                        the images' latents, encoded once by the finished autoencoder: a resumed (or lengthened)
+                        UNet stage reads them back instead of encoding every image again
 
 Each stage is an ordinary run of the one training loop, with its own checkpoints: after a crash the same
 command resumes the stage it was in and skips the finished ones. A config has a ``[data]`` table and one
@@ -13,6 +16,7 @@ table per stage, each with the ``model`` and ``train`` tables of an ordinary run
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +36,7 @@ from minisd.train.config import STAGES, differences, stage_config, validate_text
 from minisd.train.run import load_captioned_split
 
 RUN_CONFIG_FILE = "text2image.json"  # the run's whole config, which --resume reads back
+LATENT_CACHE_FILE = "latents.safetensors"
 TIMINGS_FILE = "timings.json"  # one entry per command run on the folder: its stages' seconds, threads and CPU
 
 
@@ -122,14 +127,60 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
     started = time.perf_counter()
     if resume:
         model.autoencoder.latent_scale.copy_(load(run_dir).autoencoder.latent_scale)
-    latents = {split: encode_dataset(model.autoencoder, data.images, progress=progress and is_main)
-               for split, data in (("train", train_set), ("test", test_set))}
-    if is_main:
-        print(f"encoded {len(train_set) + len(test_set)} images to latents {tuple(latents['train'].shape[1:])} "
-              f"once, in {time.perf_counter() - started:.1f} s")
+    splits = {"train": train_set, "test": test_set}
+    cache = run_dir.parent / LATENT_CACHE_FILE
+    stamp = _latent_stamp(model.autoencoder, autoencoder_run, splits)
+    latents = _read_latent_cache(cache, stamp, splits)
+    if latents is not None:
+        if is_main:
+            print(f"latents of {len(train_set) + len(test_set)} images read back from {cache}, encoded by this "
+                  f"autoencoder from these images, in {time.perf_counter() - started:.1f} s")
+    else:
+        latents = {split: encode_dataset(model.autoencoder, data.images, progress=progress and is_main)
+                   for split, data in splits.items()}
+        if is_main:
+            print(f"encoded {len(train_set) + len(test_set)} images to latents {tuple(latents['train'].shape[1:])} "
+                  f"once, in {time.perf_counter() - started:.1f} s")
+            _write_latent_cache(cache, stamp, latents)
     train(model, _WithLatents(train_set, latents["train"]), config, run_dir,
           run_config={"data": data, "model": run_config["model"]},
           eval_set=_WithLatents(test_set, latents["test"]), resume=resume, device=device, progress=progress)
+
+
+def _latent_stamp(autoencoder: Any, autoencoder_run: Path, splits: dict[str, Any]) -> str:
+    """What the latents depend on: the autoencoder's weights (its checkpoint's checksums), its latent scale, and
+    each split's images (their sha256)."""
+    images = {}
+    for split, data in splits.items():
+        digest = hashlib.sha256(memoryview(data.images.contiguous().numpy()).cast("B"))
+        images[split] = f"{tuple(data.images.shape)} {digest.hexdigest()}"
+    return json.dumps({"autoencoder": read_checkpoint_config(autoencoder_run)["files"],
+                       "latent_scale": float(autoencoder.latent_scale), "images": images}, sort_keys=True)
+
+
+def _read_latent_cache(path: Path, stamp: str, splits: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The cached latents of each split if ``path`` holds them for ``stamp``, else None (no cache, another
+    autoencoder or other images, or a file a crash cut short)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, "pt") as cached:
+            if (cached.metadata() or {}).get("stamp") != stamp or set(cached.keys()) != set(splits):
+                return None
+            return {split: cached.get_tensor(split) for split in splits}
+    except (SafetensorError, OSError):
+        return None
+
+
+def _write_latent_cache(path: Path, stamp: str, latents: dict[str, torch.Tensor]) -> None:
+    """Write the cache whole under another name, then rename it into place: a crash never leaves half of one."""
+    from safetensors.torch import save_file
+
+    partial = path.with_suffix(".partial")
+    save_file({split: tensor.contiguous() for split, tensor in latents.items()}, partial, metadata={"stamp": stamp})
+    os.replace(partial, path)
 
 
 def train_text_to_image(config: dict[str, Any], run_dir: str | os.PathLike, *, data_dir: str | None = None,
