@@ -134,7 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     evaluate(args.checkpoint, split=args.split, num_samples=args.num_samples, bound_steps=args.bound_steps,
              likelihood=args.likelihood, fid_classifier=args.fid_classifier, fid_samples=args.fid_samples,
              points=args.points, skip_likelihood=args.skip_likelihood, limit=args.limit, classifier=args.classifier,
-             samples_per_prompt=args.samples_per_prompt, guidance=args.guidance, sampler=args.sampler,
+             samples_per_prompt=args.samples_per_prompt, guidance=args.guidance,
+             guidance_interval=args.guidance_interval, sampler=args.sampler,
              steps=args.steps, spacing=args.spacing, sampler_args=given_sampler_args(args),
              batch_size=args.batch_size, json_path=args.json, overwrite=args.overwrite, raw_weights=args.raw_weights,
              seed=args.seed, device=args.device, data_dir=args.data_dir, progress=not args.no_progress)
@@ -256,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "that per attribute prompt; 5 for shapes)")
     evaluate.add_argument("--guidance", type=_non_negative_number,
                           help="text-to-image models: classifier-free guidance scale (default: the model's)")
+    evaluate.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                          help="text-to-image models: guide only where the log-SNR is in [LOW, HIGH) "
+                               "(default: everywhere)")
     _add_sampler_options(evaluate, purpose="for the FID samples, or a score model's samples ")
     evaluate.add_argument("--batch-size", type=_positive_int,
                           help="images per likelihood batch, or per sampling call of a text-to-image model "

@@ -24,7 +24,8 @@ from minisd.shipped import DEFAULT_MODEL
 # The settings --from may take from a PNG, and the flag each comes from (a sampler's own arguments are stored under
 # their names, as the flags of SAMPLER_OPTIONS are).
 _FLAG_OF_SETTING = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
-                    "sampler": "sampler", "guidance_scale": "guidance", "strength": "strength",
+                    "sampler": "sampler", "guidance_scale": "guidance", "guidance_interval": "guidance_interval",
+                    "strength": "strength",
                     "num_images": "n", "init_image": "init_image", "mask": "mask", "model": "model",
                     "height": "height", "width": "width",
                     **{option.name: option.name for option in SAMPLER_OPTIONS}}
@@ -172,7 +173,8 @@ def run_generate(args: argparse.Namespace) -> list[Path]:
 
     try:
         output = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                      guidance_scale=args.guidance, sampler=args.sampler, generator=generator,
+                      guidance_scale=args.guidance, guidance_interval=args.guidance_interval, sampler=args.sampler,
+                      generator=generator,
                       num_images_per_prompt=args.n, output_type="pt", strength=args.strength, height=height,
                       width=width, callback=on_step, callback_preview=False, **inputs, **sampler_args)
     finally:
@@ -198,7 +200,8 @@ def generate_png(prompt: str, out: str | Path, *, model: str | None = None, n: i
     """``minisd generate PROMPT --out OUT`` from Python, with the command's defaults (``options``: any other flag by
     its attribute name, e.g. ``guidance=2.0``); returns the PNG written."""
     flags = {"prompt": prompt, "out": str(out), "model": model, "n": n, "seed": seed, "device": device,
-             "overwrite": overwrite, "negative_prompt": None, "steps": None, "guidance": None, "sampler": None,
+             "overwrite": overwrite, "negative_prompt": None, "steps": None, "guidance": None,
+             "guidance_interval": None, "sampler": None,
              "separate": False, "init_image": None, "strength": None, "mask": None, "from_png": None,
              "height": None, "width": None,
              **{option.name: None for option in SAMPLER_OPTIONS}}
@@ -220,6 +223,8 @@ def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: An
     generate.add_argument("--steps", type=positive_int, help="sampling steps, at most 1000 (default: the model's, 20)")
     generate.add_argument("--guidance", type=non_negative, help="classifier-free guidance scale (0: ignore the "
                                                                 "prompt, 1: plain conditional; default: the model's)")
+    generate.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                          help="guide only where the log-SNR is in [LOW, HIGH), e.g. -1 3 (default: everywhere)")
     generate.add_argument("--sampler", choices=sampler_choices, metavar="SAMPLER",
                           help="diffusion sampler (default: the model's): %(choices)s")
     add_sampler_option_flags(generate)

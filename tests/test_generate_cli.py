@@ -86,6 +86,7 @@ BAD_INPUTS = [
     ("nan-guidance", [PROMPT, "--guidance", "nan", "--out", "o.png"], "--guidance"),
     ("infinite-guidance", [PROMPT, "--guidance", "inf", "--out", "o.png"], "--guidance"),
     ("negative-guidance", [PROMPT, "--guidance", "-1", "--out", "o.png"], "--guidance"),
+    ("reversed-guidance-interval", [PROMPT, "--guidance-interval", "3", "-1", "--out", "o.png"], "guidance interval"),
     ("zero-strength", [PROMPT, "--init-image", "{init}", "--strength", "0", "--out", "o.png"], "strength"),
     ("strength-above-one", [PROMPT, "--init-image", "{init}", "--strength", "1.5", "--out", "o.png"], "strength"),
     ("nan-strength", [PROMPT, "--init-image", "{init}", "--strength", "nan", "--out", "o.png"], "strength"),
@@ -172,6 +173,17 @@ def test_a_samplers_own_options_are_stored_and_from_remakes_the_image_with_them(
     minisd_generate(["--from", "pc.png", "--out", "again.png"], tmp_path)
     assert pixels_of(tmp_path / "again.png") == pixels_of(tmp_path / "pc.png")
     assert settings_of(tmp_path / "again.png") == settings
+
+
+def test_a_guidance_interval_is_stored_and_from_remakes_the_image_with_it(text_to_image_run, tmp_path):
+    common = [PROMPT, *FAST, "--guidance", "4", "--model", str(text_to_image_run)]
+    minisd_generate([*common, "--guidance-interval", "-2", "2", "--out", "interval.png"], tmp_path)
+    minisd_generate([*common, "--out", "everywhere.png"], tmp_path)
+    assert settings_of(tmp_path / "interval.png")["guidance_interval"] == [-2.0, 2.0]
+    assert "guidance_interval" not in settings_of(tmp_path / "everywhere.png")
+    assert pixels_of(tmp_path / "interval.png") != pixels_of(tmp_path / "everywhere.png")
+    minisd_generate(["--from", "interval.png", "--out", "again.png"], tmp_path)
+    assert pixels_of(tmp_path / "again.png") == pixels_of(tmp_path / "interval.png")
 
 
 def test_from_with_an_explicit_seed_0_uses_seed_0_not_the_pngs(text_to_image_run, tmp_path):

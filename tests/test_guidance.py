@@ -130,6 +130,27 @@ def test_cfg_is_the_unconditional_estimate_plus_scale_times_the_conditional_diff
     assert torch.allclose(guided, x0_uncond + scale * (x0_cond - x0_uncond), atol=1e-12)
 
 
+def test_cfg_in_an_interval_guides_only_the_examples_whose_log_snr_is_inside_it():
+    """Kynkaanniemi et al. (2024): guidance where low <= lambda(t) < high, the conditional estimate elsewhere; one
+    batch may hold times on both sides (as the consistency loss's does)."""
+    denoiser, (x_t, _) = GaussianClassesDenoiser(), toy_inputs(3)
+    cond, uncond = labels(0, 1, 2), labels(NULL, NULL, NULL)
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    log_snr = denoiser.schedule.log_snr(t)
+    interval = (log_snr[1].item() - 0.1, log_snr[1].item() + 0.1)  # holds the middle time only
+    guided = ClassifierFreeGuidance(denoiser, 4.0, uncond, interval)(x_t, t, cond)
+    everywhere = ClassifierFreeGuidance(denoiser, 4.0, uncond)(x_t, t, cond)
+    conditional = denoiser(x_t, t, cond)
+    assert torch.allclose(guided[1], everywhere[1], atol=1e-12) and not torch.allclose(guided[1], conditional[1])
+    assert torch.equal(guided[[0, 2]], conditional[[0, 2]])
+    # All outside: the conditional denoiser alone, one call of the batch.
+    outside = ClassifierFreeGuidance(denoiser, 4.0, uncond, (50.0, 60.0))
+    assert torch.equal(outside(x_t, t, cond), conditional)
+    for bad in [(1.0, 1.0), (2.0, -1.0), (float("nan"), 1.0), (1.0,), "low high"]:
+        with pytest.raises(ConfigError, match="guidance interval"):
+            ClassifierFreeGuidance(denoiser, 4.0, uncond, bad)
+
+
 def test_cfg_repeats_an_unconditional_condition_of_batch_one():
     denoiser, (x_t, t) = GaussianClassesDenoiser(), toy_inputs(3)
     one, three = ClassifierFreeGuidance(denoiser, 3.0, labels(NULL)), ClassifierFreeGuidance(denoiser, 3.0, labels(NULL, NULL, NULL))

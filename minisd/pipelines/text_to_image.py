@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from minisd.diffusion.denoiser import ClippedDenoiser
-from minisd.diffusion.guidance import ClassifierFreeGuidance, check_scale
+from minisd.diffusion.guidance import ClassifierFreeGuidance, check_interval, check_scale
 from minisd.diffusion.inpainting import InpaintingDenoiser
 from minisd.diffusion.samplers import check_sampler_args
 from minisd.diffusion.samplers import sample as run_sampler
@@ -125,7 +125,7 @@ class TextToImagePipeline:
                  image: Image.Image | torch.Tensor | None = None, strength: float | None = None,
                  mask_image: Image.Image | torch.Tensor | None = None, return_attention: bool = False,
                  height: int | None = None, width: int | None = None, latents: torch.Tensor | None = None,
-                 **sampler_args: Any) -> PipelineOutput:
+                 guidance_interval: tuple[float, float] | None = None, **sampler_args: Any) -> PipelineOutput:
         """Images for ``prompt`` (one or a list; ``num_images_per_prompt`` each, in prompt order).
 
         ``negative_prompt``: what the unconditional branch of classifier-free guidance is conditioned on (one,
@@ -157,6 +157,7 @@ class TextToImagePipeline:
         steps = model.sample_steps if num_inference_steps is None else num_inference_steps
         scale = _check_guidance(model.guidance_scale if guidance_scale is None else guidance_scale)
         sampler = sampler or model.sampler
+        interval = check_interval(guidance_interval)
         if scale < 1 and getattr(model, "published", False):
             # Code written for diffusers passes guidance_scale=0.0 (SD-Turbo's examples) to mean "no guidance".
             warnings.warn(f"guidance_scale {scale:g} mixes in the unconditional prediction (at 0 the prompt is "
@@ -179,7 +180,7 @@ class TextToImagePipeline:
         cond = model.encode_prompts([p for p in prompts for _ in range(repeat)])  # checks every prompt
         # An empty negative prompt is no negative prompt: the empty text the unconditional branch trained on.
         uncond = model.encode_prompts([p for p in negatives for _ in range(repeat)], allow_empty=True)
-        denoiser = ClassifierFreeGuidance(model.denoiser, scale, uncond)
+        denoiser = ClassifierFreeGuidance(model.denoiser, scale, uncond, interval)
         seed = None
         if generator is None:
             # A seed of our own, drawn without torch.seed(), which would reseed the caller's global RNG; it is
@@ -233,6 +234,7 @@ class TextToImagePipeline:
         settings = {"prompt": prompts[0] if len(prompts) == 1 else prompts,
                     "negative_prompt": None if negative_prompt is None else negative_prompt,
                     "steps": steps, "sampler": sampler, "guidance_scale": scale,
+                    **({"guidance_interval": list(interval)} if interval is not None else {}),
                     "strength": strength if image is not None else None,
                     "width": width, "height": height, "num_images": n,
                     "model": self.name, "model_hash": self.weights_hash,

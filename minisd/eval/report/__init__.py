@@ -52,8 +52,8 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
              bound_steps: int | None = None, likelihood: str | None = None, fid_classifier: str | None = None,
              fid_samples: int | None = None, points: int | None = None, skip_likelihood: bool = False,
              limit: int | None = None, classifier: str | None = None, samples_per_prompt: int | None = None,
-             guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
-             spacing: str | None = None, sampler_args: dict[str, Any] | None = None, batch_size: int | None = None,
+             guidance: float | None = None, guidance_interval: tuple[float, float] | None = None,
+             sampler: str | None = None, steps: int | None = None, spacing: str | None = None, sampler_args: dict[str, Any] | None = None, batch_size: int | None = None,
              json_path: str | None = None, overwrite: bool = False, raw_weights: bool = False, seed: int = 0,
              device: str = "auto", data_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Everything ``minisd eval CHECKPOINT`` reports, for whatever model ``checkpoint`` holds: a text-to-image model
@@ -63,6 +63,7 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
     checkpoints or shipped names, or "auto" for the classifier shipped for the model's dataset (a text-to-image
     model's ``classifier`` defaults to it). An option that the model's family does not take is
     refused, like every other mistake, before the model is loaded. The results are also written to ``json_path``."""
+    from minisd.diffusion.guidance import check_interval
     from minisd.models.files import read_checkpoint_config
     from minisd.pipelines import resolve_model
 
@@ -81,13 +82,14 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
                                                       overwrite=overwrite, unsupported_options=unsupported,
                                                       sampler=sampler, steps=steps, **own_args)
         pipe = _load(checkpoint, raw_weights=False, device=device)
+        interval = {"guidance_interval": check_interval(guidance_interval)} if guidance_interval is not None else {}
         results = evaluate_text_to_image(
             pipe, dataset, classifier, samples_per_prompt=samples_per_prompt, steps=steps, guidance_scale=guidance,
             sampler=sampler, seed=seed, batch_size=batch_size or BATCH_SIZE, data_dir=data_dir, progress=progress,
-            **own_args)
+            **own_args, **interval)
         write_results(results, json_path)
         return results
-    adherence_options = _given(options, ("classifier", "samples_per_prompt", "guidance"))
+    adherence_options = _given(options, ("classifier", "samples_per_prompt", "guidance", "guidance_interval"))
     if adherence_options:
         raise MinisdError(f"{', '.join(adherence_options)}: for text-to-image models (prompt adherence); "
                           f"{checkpoint} is not one (for FID pass --fid-classifier)")

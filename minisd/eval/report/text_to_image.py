@@ -111,7 +111,9 @@ def format_adherence_table(results: dict[str, Any]) -> str:
     accuracy (in percent) and the FID."""
     lines = [f"prompt adherence of {results.get('model')} ({results.get('dataset')}): {results['prompts']} prompts, "
              f"{results['samples']} samples by {results['sampler']} in {results['steps']} steps, guidance scale "
-             f"{results['guidance_scale']}, seed {results['seed']}"]
+             f"{results['guidance_scale']}"
+             + (" in log-SNR [{:g}, {:g})".format(*results["guidance_interval"]) if "guidance_interval" in results
+                else "") + f", seed {results['seed']}"]
     width = max(len(key) for key in results)
     for key, value in results.items():
         if key.endswith("accuracy"):
