@@ -221,3 +221,28 @@ def test_evaluations_give_the_model_every_key_of_the_datasets_batches():
     evaluate_loss(spy, data, batch_size=8)
     evaluate_likelihood(spy, data, batch_size=8)
     assert len(spy.seen) == 6 and all(keys >= {"image", "label", "caption", "attributes"} for keys in spy.seen)
+
+
+def test_evaluate_loss_with_a_limit_averages_the_first_examples_only():
+    """train.eval_images: a short run's evaluation on the first N test images (26% of a 60-step-per-stage
+    text-to-image run was its stages' evaluations on all 10,000)."""
+    from torch import nn
+
+    from minisd.data.shapes import make_shapes
+    from minisd.models.base import Model
+    from minisd.train.loop import evaluate_loss
+
+    class MeanPixel(Model):
+        model_type = "mean_pixel"
+
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(()))
+
+        def loss(self, batch):
+            value = batch["image"].mean()
+            return value, {"loss": value.item()}
+
+    model, data = MeanPixel(), make_shapes(20, seed=0)
+    assert evaluate_loss(model, data, batch_size=8, limit=12)["loss"] == pytest.approx(data.images[:12].mean().item())
+    assert evaluate_loss(model, data, batch_size=8, limit=100)["loss"] == pytest.approx(data.images.mean().item())

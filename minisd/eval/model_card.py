@@ -77,7 +77,9 @@ def model_card(run_dir: Path, timings: list[dict[str, Any]], held_out: dict[str,
         evals = [m for m in metrics if any(k.startswith("eval/") for k in m)]
         if evals:
             shown = ", ".join(f"{k[5:]} {v:.4g}" for k, v in evals[-1].items() if k.startswith("eval/"))
-            lines.append(f"- {stage} (step {evals[-1]['step']}): {shown}")
+            limit = read_checkpoint_config(run_dir / stage).get("train", {}).get("eval_images")
+            lines.append(f"- {stage} (step {evals[-1]['step']}): {shown}"
+                         + (f" (on the first {limit} {images})" if limit else ""))
     reconstruction = held_out["autoencoder"]
     lines.append(f"- autoencoder reconstructions of {reconstruction['num_images']} {images}: squared error "
                  f"{reconstruction['mse']:.5f} per pixel, PSNR {reconstruction['psnr']:.1f} dB")

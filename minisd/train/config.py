@@ -56,6 +56,7 @@ class TrainConfig:
     eval_every: int = _setting(1000, NON_NEGATIVE)          # 0: evaluate only at the end
     checkpoint_every: int = _setting(1000, NON_NEGATIVE)    # 0: checkpoint only at the end
     eval_batch_size: int = _setting(500, AT_LEAST_ONE)
+    eval_images: int | None = _setting(None, AT_LEAST_ONE)  # evaluate on the first N only (default: all of them)
 
     def __post_init__(self) -> None:
         check_section("train", dataclasses.asdict(self), TrainConfig)

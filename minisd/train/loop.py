@@ -90,21 +90,24 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_loss(model: Model, dataset: ImageDataset | PointDataset, batch_size: int, seed: int = 0) -> dict[str, float]:
-    """The model's loss logs averaged over a whole evaluation set (same seed, same numbers).
+def evaluate_loss(model: Model, dataset: ImageDataset | PointDataset, batch_size: int, seed: int = 0,
+                  limit: int | None = None) -> dict[str, float]:
+    """The model's loss logs averaged over a whole evaluation set, or its first ``limit`` examples (same seed, same
+    numbers).
 
     Batches come from ``dataset.batch``, so whatever the dataset carries (labels, captions) conditions the
     model as it does in training.
     """
     torch.manual_seed(seed)
     model.eval()
+    size = len(dataset) if limit is None else min(limit, len(dataset))
     totals: dict[str, float] = {}
-    for start in range(0, len(dataset), batch_size):
-        batch = _to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset)))), model.device)
+    for start in range(0, size, batch_size):
+        batch = _to(dataset.batch(torch.arange(start, min(start + batch_size, size))), model.device)
         _, logs = model.loss(batch)
         for key, value in logs.items():
             totals[key] = totals.get(key, 0.0) + value * _batch_size(batch)
-    return {key: total / len(dataset) for key, total in totals.items()}
+    return {key: total / size for key, total in totals.items()}
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -215,7 +218,7 @@ def _train(model: Model, train_set: ImageDataset, config: TrainConfig, run_dir: 
     def evaluate(step: int) -> dict[str, float]:
         if eval_set is None:
             return {}
-        logs = evaluate_loss(ema.model, eval_set, config.eval_batch_size)
+        logs = evaluate_loss(ema.model, eval_set, config.eval_batch_size, limit=config.eval_images)
         if is_main:
             _append_jsonl(metrics_path, {"step": step, **{f"eval/{k}": v for k, v in logs.items()}})
         return logs
