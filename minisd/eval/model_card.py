@@ -19,7 +19,7 @@ from minisd.models.files import load, read_checkpoint_config
 from minisd.models.model_folder import RUN_MODEL_FOLDER
 from minisd.train.config import STAGES
 from minisd.train.run import load_captioned_split
-from minisd.train.text_to_image import TIMINGS_FILE
+from minisd.train.text_to_image import TIMINGS_FILE, timing_lines
 
 
 @torch.no_grad()
@@ -57,12 +57,7 @@ def model_card(run_dir: Path, timings: list[dict[str, Any]], held_out: dict[str,
         lines += [f"Trained on the folder `{data['dataset']}`: {held_out['autoencoder']['num_images']} images with "
                   f"captions, each read at {width}x{height} {'grey' if channels == 1 else 'RGB'}.", ""]
     lines += ["## How it was trained", "", "Each command run on the training folder, and the time each stage took:", ""]
-    total = sum(sum(t["seconds"].values()) for t in timings)
-    for timing in timings:
-        parts = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timing["seconds"].items())
-        lines += [f"    {timing.get('command') or '(from Python)'}", "",
-                  f"  {parts} ({timing['threads']} CPU threads, {timing['cpu']})", ""]
-    lines += [f"- total: **{total / 60:.1f} minutes**", ""]
+    lines += [*timing_lines(timings), ""]
     if folder:
         lines += ["## What each part reached (on the training images)", "",
                   "A folder of images has no test split: these numbers are measured on the images the model was "

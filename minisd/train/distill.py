@@ -32,14 +32,13 @@ from safetensors.torch import load_file, save_file
 from minisd.errors import ConfigError
 from minisd.models.files import find_checkpoint, load
 from minisd.models.model_folder import RUN_MODEL_FOLDER, is_model_folder, load_model_folder, save_model_folder
-from minisd.runtime import cpu_name
 from minisd.shipped import shipped_models
 from minisd.train import distributed
 from minisd.train.consistency import ConsistencyStudent
 from minisd.train.config import DistillConfig, student_config, train_config, validate_distill_config
 from minisd.train.reflow import teacher_pairs
 from minisd.train.run import load_captioned_split
-from minisd.train.text_to_image import TIMINGS_FILE
+from minisd.train.text_to_image import TIMINGS_FILE, read_timings, timing_lines
 
 DISTILL_CONFIG_FILE = "distill.json"  # the run's whole config, which --resume reads back
 PAIRS_DIR = "pairs"
@@ -115,13 +114,11 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DISTILL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    timings_file = run_dir / TIMINGS_FILE
-    timings = [*(json.loads(timings_file.read_text()) if timings_file.is_file() else []),
-               {"command": command, "seconds": {}, "threads": torch.get_num_threads(), "cpu": cpu_name()}]
+    timings = read_timings(run_dir, command)
 
     def timed(stage: str, started: float) -> None:
         timings[-1]["seconds"][stage] = time.perf_counter() - started
-        timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+        (run_dir / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
 
     student = student_config(config)
     train_set = load_captioned_split(student["data"], "train", data_dir)
@@ -170,17 +167,13 @@ METHODS_CITED = {"reflow": "reflow (Liu et al. 2023) on its own (noise, picture)
 def model_card(name: str, settings: DistillConfig, student: dict[str, Any], timings: list[dict[str, Any]]) -> str:
     """The distilled model's card: what it was distilled from and how, its defaults, and the commands run on its
     folder with the time each stage took."""
-    total = sum(sum(timing["seconds"].values()) for timing in timings)
     lines = [f"# {name}", "", f"A minisd few-step text-to-image model (chapter \"Flow matching and few-step "
              f"generation\"), distilled from `{settings.teacher}` at guidance {settings.guidance_scale:g} by "
              f"{METHODS_CITED[settings.method]}. Guidance is folded into it: it draws at guidance "
              f"{student.get('guidance_scale', 1.0):g}, by default in {student.get('sample_steps')} steps of "
              f"`{student.get('sampler')}` (`--steps 1` and `--steps 2` draw too).", "",
              "## How it was trained", "", "Each command run on the training folder, and the time each stage took:", ""]
-    for timing in timings:
-        parts = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timing["seconds"].items())
-        lines += [f"    {timing.get('command') or '(from Python)'}", "",
-                  f"  {parts} ({timing['threads']} CPU threads, {timing['cpu']})", ""]
-    lines += [f"- total: **{total / 60:.1f} minutes**, besides the teacher's own training", "",
+    *commands, total = timing_lines(timings)
+    lines += [*commands, f"{total}, besides the teacher's own training", "",
               "Prompt adherence and FID: `minisd eval` with the evaluation classifier (see benchmarks/README.md)."]
     return "\n".join(lines) + "\n"

@@ -220,9 +220,26 @@ def _open_run_folder(config: dict[str, Any], run_dir: Path, *, resume: bool, ove
     (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     # One entry per command run on this folder, rewritten as each stage ends: a run that crashes and is
     # resumed keeps the time of the stages it finished, and the card adds up every command's time.
+    return read_timings(run_dir, command)
+
+
+def read_timings(run_dir: Path, command: str | None) -> list[dict[str, Any]]:
+    """The timings of the commands run on ``run_dir`` so far, with a new entry for this one last (its ``seconds``
+    are filled in as its stages end, and written back by the caller)."""
     timings_file = run_dir / TIMINGS_FILE
     return [*(json.loads(timings_file.read_text()) if timings_file.exists() else []),
             {"command": command, "seconds": {}, "threads": torch.get_num_threads(), "cpu": cpu_name()}]
+
+
+def timing_lines(timings: list[dict[str, Any]]) -> list[str]:
+    """A model card's account of the training: each command, the minutes of each of its stages, and the total."""
+    lines = []
+    for timing in timings:
+        parts = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in timing["seconds"].items())
+        lines += [f"    {timing.get('command') or '(from Python)'}", "",
+                  f"  {parts} ({timing['threads']} CPU threads, {timing['cpu']})", ""]
+    total = sum(sum(timing["seconds"].values()) for timing in timings)
+    return [*lines, f"- total: **{total / 60:.1f} minutes**"]
 
 
 def _train_stages(config: dict[str, Any], run_dir: Path, timings: list[dict[str, Any]], *, resume: bool,

@@ -63,11 +63,11 @@ def evaluate(checkpoint: str | os.PathLike, *, split: str = "test", num_samples:
     checkpoints or shipped names, or "auto" for the classifier shipped for the model's dataset (a text-to-image
     model's ``classifier`` defaults to it). An option that the model's family does not take is
     refused, like every other mistake, before the model is loaded. The results are also written to ``json_path``."""
+    options = dict(locals())  # the arguments by name, to name the options given that a family does not take
     from minisd.diffusion.guidance import check_interval
     from minisd.models.files import read_checkpoint_config
     from minisd.pipelines import resolve_model
 
-    options = dict(locals())  # the arguments by name, to name the options given that a family does not take
     own_args = sampler_args or {}
     location = resolve_model(checkpoint)
     if location.is_stable_diffusion:
