@@ -3,10 +3,12 @@
 One run measures, on the same machine and in the same process:
   1. the fp32 matrix-multiply rate (FLOP/s) of torch.mm on 2048 x 2048 matrices, and (once) that of one
      3x3 convolution, the UNet's commonest layer;
-  2. for minisd's DiffusionModel (preset diffusion_mnist) and for diffusers' UNet2DModel of about the
-     same size (optional: `pip install diffusers`; built from a config, nothing downloaded): the FLOPs of
-     one training step (forward + backward, counted by torch.utils.flop_counter), its wall time, the
-     images/s, and the achieved FLOP/s as a fraction of the matmul rate.
+  2. for minisd's DiffusionModel (preset diffusion_mnist), trained as minisd's loop trains it (channels-last,
+     fused AdamW), and for diffusers' UNet2DModel of about the same size (optional: `pip install diffusers`;
+     built from a config, nothing downloaded), trained as its examples do (default layout, torch.optim.AdamW)
+     and once more with minisd's two loop settings: the FLOPs of one training step (forward + backward,
+     counted by torch.utils.flop_counter), its wall time, the images/s, and the achieved FLOP/s as a fraction
+     of the matmul rate; then minisd's images/s over each of the others', round by round.
 
 The three are timed in interleaved rounds (matmul, minisd, diffusers, matmul, ...), so that a load that
 comes and goes on the machine hits all of them alike; each round gives one fraction per model, and the
@@ -25,6 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minisd.models import DiffusionModel
 from minisd.train import load_run_config
+from minisd.train.loop import training_layout
+from minisd.train.optim import adamw
 
 
 def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
@@ -64,9 +68,11 @@ def training_flops(step) -> int:
 
 
 def minisd_step(batch_size: int):
+    """minisd's training step as its loop (minisd.train.loop) takes it: the model channels-last, fused AdamW."""
     config = load_run_config("diffusion_mnist")["model"]
     model = DiffusionModel(image_shape=(1, 28, 28), **{k: v for k, v in config.items() if k != "type"})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = training_layout(model, "cpu")
+    optimizer = adamw(model, lr=1e-4, weight_decay=0.0)
     images = torch.rand(batch_size, 1, 28, 28)
 
     def step():
@@ -77,14 +83,18 @@ def minisd_step(batch_size: int):
     return step, sum(p.numel() for p in model.parameters())
 
 
-def diffusers_step(batch_size: int):
+def diffusers_step(batch_size: int, loop_settings: bool = False):
+    """diffusers' UNet2DModel trained as its examples train it (torch.optim.AdamW's defaults, the default layout);
+    ``loop_settings``: with the two settings of minisd's loop as well (channels-last, fused AdamW)."""
     from diffusers import UNet2DModel
 
     model = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
                         layers_per_block=1, norm_num_groups=8, attention_head_dim=16,
                         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if loop_settings:
+        model = training_layout(model, "cpu")
+    optimizer = adamw(model, lr=1e-4, weight_decay=0.0) if loop_settings else torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.rand(batch_size, 1, 28, 28) * 2 - 1
 
     def step():
@@ -109,6 +119,8 @@ def main() -> None:
     try:
         import diffusers  # noqa: F401
         candidates.append(("diffusers UNet2DModel", diffusers_step))
+        candidates.append(("diffusers UNet2DModel, channels-last + fused AdamW",
+                           lambda batch_size: diffusers_step(batch_size, loop_settings=True)))
     except ImportError:
         print("(diffusers is not installed: pip install diffusers to compare)")
     models = []
@@ -135,6 +147,13 @@ def main() -> None:
         print(f"| {model['name']} | {model['parameters'] / 1e6:.2f}M | {model['flops'] / args.batch_size / 1e9:.3f} | "
               f"{statistics.median(speeds):.1f} ({min(speeds):.1f}-{max(speeds):.1f}) | "
               f"{100 * statistics.median(fractions):.0f}% ({100 * min(fractions):.0f}-{100 * max(fractions):.0f}%) |")
+    ours = [speed for speed, _ in models[0]["rounds"]]
+    for model in models[1:]:
+        # Round by round: the two steps of one round ran under the same load.
+        ratios = [mine / theirs for mine, (theirs, _) in zip(ours, model["rounds"])]
+        print(f"\nminisd's images/s over {model['name']}'s: {statistics.median(ratios):.2f}x "
+              f"(median over rounds; range {min(ratios):.2f}-{max(ratios):.2f}x)", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="text-to-image models: classifier-free guidance scale (default: the model's)")
     evaluate.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
                           help="text-to-image models: guide only where the log-SNR is in [LOW, HIGH) "
-                               "(default: everywhere)")
+                               "(default: the model's; -99 99: every step)")
     _add_sampler_options(evaluate, purpose="for the FID samples, or a score model's samples ")
     evaluate.add_argument("--batch-size", type=_positive_int,
                           help="images per likelihood batch, or per sampling call of a text-to-image model "

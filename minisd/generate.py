@@ -224,7 +224,8 @@ def add_generate_command(commands: Any, common: Any, positive_int: Any, seed: An
     generate.add_argument("--guidance", type=non_negative, help="classifier-free guidance scale (0: ignore the "
                                                                 "prompt, 1: plain conditional; default: the model's)")
     generate.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                          help="guide only where the log-SNR is in [LOW, HIGH), e.g. -1 3 (default: everywhere)")
+                          help="guide only where the log-SNR is in [LOW, HIGH), e.g. -1 3 (default: the model's; -99 99: "
+                               "every step)")
     generate.add_argument("--sampler", choices=sampler_choices, metavar="SAMPLER",
                           help="diffusion sampler (default: the model's): %(choices)s")
     add_sampler_option_flags(generate)

@@ -305,3 +305,23 @@ def test_noisy_classifier_loss_falls_on_a_tiny_task(digits_train):
     after = evaluate()
     assert 0 <= logs["accuracy"] <= 1
     assert after < before - 0.3, (before, after)
+
+
+def test_cfg_batches_the_two_conditions_once_per_sampling_run_and_an_everywhere_interval_is_plain_cfg():
+    denoiser, (x_t, t) = GaussianClassesDenoiser(), toy_inputs(3)
+    cond, uncond = labels(0, 1, 2), labels(NULL)
+    seen = []
+
+    class Recording(GaussianClassesDenoiser):
+        def __call__(self, x, s, c):
+            seen.append(c)
+            return super().__call__(x, s, c)
+
+    guided = ClassifierFreeGuidance(Recording(), 3.0, uncond)
+    guided(x_t, t, cond), guided(x_t, t, cond)
+    assert seen[0] is seen[1] and seen[0]["label"].tolist() == [0, 1, 2, NULL, NULL, NULL]
+    guided(x_t, t, labels(2, 1, 0))  # another condition: batched anew
+    assert seen[2]["label"].tolist() == [2, 1, 0, NULL, NULL, NULL]
+    everywhere = ClassifierFreeGuidance(denoiser, 3.0, uncond, (float("-inf"), float("inf")))
+    assert everywhere.interval is None
+    assert torch.equal(everywhere(x_t, t, cond), ClassifierFreeGuidance(denoiser, 3.0, uncond)(x_t, t, cond))

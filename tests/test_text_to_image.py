@@ -128,6 +128,26 @@ def test_a_model_index_with_a_bad_setting_is_refused_naming_it(text_to_image_run
         minisd.load(folder)
 
 
+def test_a_model_with_a_guidance_interval_uses_it_by_default_and_records_it(pipe, text_to_image_run, tmp_path):
+    """A model folder's ``guidance_interval`` is the pipeline's default (the 5-minute preset's); a call may still
+    give another, and -99 99 (or infinite bounds) guides every step, as a model without one does."""
+    folder = shutil.copytree(text_to_image_run / "model", tmp_path / "model")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["model"]["guidance_interval"] = [-2.0, 2.0]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with_interval = minisd.load(folder)
+    default = with_interval(PROMPT, num_inference_steps=8, generator=seeded(0), output_type="pt")
+    assert default.settings["guidance_interval"] == [-2.0, 2.0]
+    torch.testing.assert_close(default.images, generate(pipe, num_inference_steps=8, guidance_interval=(-2, 2)))
+    torch.testing.assert_close(generate(with_interval, num_inference_steps=8, guidance_interval=(-99, 99)),
+                               generate(pipe, num_inference_steps=8))
+    assert not torch.allclose(default.images, generate(pipe, num_inference_steps=8), atol=1e-4)
+    index["model"]["guidance_interval"] = [2.0, -2.0]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="model_index.json.*guidance_interval"):
+        minisd.load(folder)
+
+
 # ---------------------------------------------------------------- outputs
 
 

@@ -88,6 +88,57 @@ def test_resumed_run_ends_bit_identical_to_uninterrupted_run_despite_a_partial_l
     assert losses("straight") == losses("resumed")
 
 
+def test_a_convolutional_model_trains_channels_last_and_resumes_bit_identical(tmp_path, digits_train):
+    """The loop lays 4-d weights out channels-last and updates them with fused AdamW, which walks weights, gradients
+    and moments as flat arrays: a resumed run must lay the moments it reads (stored contiguous) out as the weights."""
+    from minisd.models import DiffusionModel
+
+    def tiny_unet_model() -> DiffusionModel:
+        torch.manual_seed(0)
+        return DiffusionModel(image_shape=(1, 8, 8), base_channels=8, channel_mults=[1, 2], num_heads=2)
+
+    config = tiny_config(steps=12, batch_size=20, log_every=3, eval_every=0, checkpoint_every=6)
+    straight = tiny_unet_model()
+    train(straight, digits_train, config, tmp_path / "straight", progress=False)
+    assert straight.denoiser.network.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    crashing, calls = tiny_unet_model(), []
+    plain_loss = crashing.loss
+
+    def crash_after_eight_steps(batch):
+        calls.append(1)
+        if len(calls) > 8:  # after the checkpoint at step 6
+            raise RuntimeError("simulated crash")
+        return plain_loss(batch)
+
+    crashing.loss = crash_after_eight_steps
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashing, digits_train, config, tmp_path / "resumed", progress=False)
+    train(tiny_unet_model(), digits_train, config, tmp_path / "resumed", resume=True, progress=False)
+    straight_weights, resumed_weights = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight_weights.keys() == resumed_weights.keys()
+    for key in straight_weights:
+        assert torch.equal(straight_weights[key], resumed_weights[key]), key
+
+
+def test_the_ema_averages_the_trained_parameters_and_keeps_the_frozen_ones():
+    from minisd.train.optim import EMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    model[1].requires_grad_(False)
+    ema = EMA(model, decay=0.9)
+    before = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    ema.update(step=1000)  # past the ramp: the decay itself
+    averaged = list(ema.model.parameters())
+    for index in (0, 1):  # the trained layer: 0.9 old + 0.1 new
+        torch.testing.assert_close(averaged[index], 0.9 * before[index] + 0.1 * (before[index] + 1))
+    for index in (2, 3):  # the frozen layer keeps its value (a frozen weight does not change in training)
+        assert torch.equal(averaged[index], before[index])
+
+
 def minisd_command(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
     """``minisd ARGS`` in new processes of one CPU thread each: ``torchrun --nproc_per_node PROCESSES`` above 1."""
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]

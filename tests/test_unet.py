@@ -167,3 +167,24 @@ def test_tiny_unet_trains_on_a_batch_of_eight_mnist_images():
     loss = (model(x, torch.rand(8), torch.randint(0, NUM_CLASSES, (8,))) - x).square().mean()
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_cross_attention_keys_and_values_are_reused_only_while_context_and_weights_are_unchanged():
+    """A sampler calls the network on the same context at every step: without gradients its keys and values are
+    computed once. A context changed in place, another context, or weights changed in place are seen."""
+    model = randomise_zero_parameters(tiny_unet(context_dim=CONTEXT_DIM)).eval()
+    x, t, context = torch.randn(2, 1, 28, 28), torch.rand(2), random_context(2)
+    layers = [m for m in model.modules() if type(m).__name__ == "MultiHeadAttention" and m.to_key_value.in_features
+              == CONTEXT_DIM]
+    calls = []
+    for layer in layers:
+        layer.to_key_value.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        first, second = model(x, t, {"context": context}), model(x, t, {"context": context})
+        assert torch.equal(first, second) and len(calls) == len(layers)  # computed on the first call only
+        context.mul_(2)  # in place: the same object, a new version
+        torch.testing.assert_close(model(x, t, {"context": context}), model(x, t, {"context": context.clone()}))
+        layers[0].to_key_value.weight.mul_(0.5)  # as an optimizer step or load_state_dict would
+        reused = model(x, t, {"context": context})
+    fresh = model(x, t, {"context": context})  # with gradients: always computed afresh, never cached
+    torch.testing.assert_close(reused, fresh)

@@ -88,7 +88,10 @@ class ClassifierFreeGuidance:
                  interval: tuple[float, float] | None = None):
         self.denoiser, self.scale, self.uncond = denoiser, check_scale(scale), uncond
         self.interval = check_interval(interval)
+        if self.interval == (-math.inf, math.inf):
+            self.interval = None  # every step: the plain rule
         self.schedule = denoiser.schedule
+        self._last_batched: tuple | None = None
 
     def unconditional(self, batch_size: int) -> Condition:
         """``uncond`` for ``batch_size`` examples (a batch of one repeated)."""
@@ -106,15 +109,21 @@ class ClassifierFreeGuidance:
             return self._guided_in_interval(x_t, t, cond)
         if self.scale == 1:
             return self.denoiser(x_t, t, cond)
-        uncond = self.unconditional(len(x_t))
         if self.scale == 0:
-            return self.denoiser(x_t, t, uncond)
-        x0_cond, x0_uncond = self._both_branches(x_t, t, cond, uncond)
+            return self.denoiser(x_t, t, self.unconditional(len(x_t)))
+        x0_cond, x0_uncond = self._both_branches(x_t, t, cond)
         return x0_uncond + self.scale * (x0_cond - x0_uncond)
 
-    def _both_branches(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any,
-                       uncond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_conditions(cond, uncond)).chunk(2)
+    def _both_branches(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), self._batched(cond, len(x_t))).chunk(2)
+
+    def _batched(self, cond: Any, batch_size: int) -> Condition:
+        """[cond; uncond] as one condition, batched once for all the steps of a sampling run: the sampler passes
+        the same condition at every step, and the network's cross-attention then reuses the prompt's keys and
+        values (:class:`~minisd.nn.attention.MultiHeadAttention`)."""
+        if self._last_batched is None or self._last_batched[:2] != (id(cond), batch_size):
+            self._last_batched = (id(cond), batch_size, cond, concat_conditions(cond, self.unconditional(batch_size)))
+        return self._last_batched[3]
 
     def _guided_in_interval(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """Each example guided at ``scale`` where its lambda(t) is inside the interval, else at 1 (conditional)."""
@@ -122,7 +131,7 @@ class ClassifierFreeGuidance:
         inside = (self.interval[0] <= log_snr) & (log_snr < self.interval[1])
         if not bool(inside.any()):
             return self.denoiser(x_t, t, cond)
-        x0_cond, x0_uncond = self._both_branches(x_t, t, cond, self.unconditional(len(x_t)))
+        x0_cond, x0_uncond = self._both_branches(x_t, t, cond)
         return torch.where(expand_like(inside, x_t), x0_uncond + self.scale * (x0_cond - x0_uncond), x0_cond)
 
 

@@ -92,7 +92,7 @@ def generate_for_prompts(
     **sampler_args: Any,
 ) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
     """``counts[i]`` images of each ``prompts[i]``: images ``(N, C, H, W)`` in [0, 1] (CPU), each image's prompt,
-    and the settings the pipeline ran with (steps, sampler, guidance scale, seed, sampler arguments).
+    and the settings the pipeline ran with (steps, sampler, guidance scale and interval, seed, sampler arguments).
 
     ``pipe`` is a :class:`~minisd.pipelines.TextToImagePipeline`. Each call's generator is seeded from
     ``seed`` and the call's first prompt (see the module docstring).
@@ -110,7 +110,9 @@ def generate_for_prompts(
                       num_images_per_prompt=count, output_type="pt", **sampler_args)
         images.append(output.images)
         image_prompts += [prompts[i] for i in indices for _ in range(count)]
-        settings = {key: output.settings[key] for key in ("steps", "sampler", "guidance_scale")}
+        # The guidance interval the pipeline used: the one asked for, or the model's own default.
+        settings = {key: output.settings[key] for key in ("steps", "sampler", "guidance_scale", "guidance_interval")
+                    if key in output.settings}
         bar.update(len(output.images))
     bar.close()
     return torch.cat(images), image_prompts, {**settings, "seed": seed, **sampler_args}

@@ -39,6 +39,12 @@ OWN_LAYOUT = dict(groups=8, norm_eps=1e-5, middle_attention=False, decoder_res_b
                   asymmetric_downsample=False, quant_convs=False)
 
 
+
+# Images per encoder call when a whole dataset is encoded. Small on purpose: at 500 a layer's activations (50 MB)
+# are fresh memory pages from the OS on every call, and zeroing them took more time than the convolutions; at 50
+# MNIST's 61,000 images encode in about a third of the time on 2 cores (benchmarks/README.md, "Time to quality").
+ENCODE_BATCH = 50
+
 class LatentAutoencoder(Model):
     """KL-regularised convolutional autoencoder: images ``(B, C, H, W)`` in [0, 1] <-> latents ``(B, 4, H/4, W/4)``.
 
@@ -160,7 +166,7 @@ class LatentAutoencoder(Model):
         return ((decoded + 1) / 2).clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def fit_latent_scale(self, images: torch.Tensor, batch_size: int = 500) -> float:
+    def fit_latent_scale(self, images: torch.Tensor, batch_size: int = ENCODE_BATCH) -> float:
         """Set ``latent_scale`` to 1 / std of the unscaled posterior means over ``images``, and return it.
 
         Rombach et al. (2022), sec. 4.3.2 / appendix G: rescale the latents to unit variance (one number
@@ -207,7 +213,7 @@ class LatentAutoencoder(Model):
 
 
 @torch.no_grad()
-def encode_dataset(autoencoder: LatentAutoencoder, images: torch.Tensor, batch_size: int = 500,
+def encode_dataset(autoencoder: LatentAutoencoder, images: torch.Tensor, batch_size: int = ENCODE_BATCH,
                    progress: bool = False) -> torch.Tensor:
     """Scaled posterior means of ``images`` ``(N, C, H, W)`` in [0, 1], as a CPU tensor ``(N, *latent_shape)``.
 

@@ -17,11 +17,13 @@ and is frozen too: only the diffusion model trains here. What a user calls is th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from minisd import batch_rows
+from minisd.diffusion.guidance import check_interval
 from minisd.errors import ConfigError
 from minisd.models.base import Model
 from minisd.models.clip import ContrastiveTextImage
@@ -35,7 +37,9 @@ class LatentDiffusion(Model):
     ``autoencoder``, ``text_encoder``: the hyper-parameters of the two frozen parts (their weights come from
     their own training runs, see :mod:`minisd.train.text_to_image`); ``unet``: those of the latent
     :class:`DiffusionModel` (its ``image_shape`` and ``context_dim`` follow from the other two).
-    ``p_uncond``: the probability that a training caption is replaced by the empty prompt.
+    ``p_uncond``: the probability that a training caption is replaced by the empty prompt. ``guidance_scale``,
+    ``sampler``, ``sample_steps`` and ``guidance_interval`` (log-SNR ``[low, high)``; None: every step) are the
+    pipeline's defaults.
     """
 
     model_type = "latent_diffusion"
@@ -44,16 +48,21 @@ class LatentDiffusion(Model):
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), autoencoder: dict | None = None,
                  text_encoder: dict | None = None, unet: dict | None = None, p_uncond: float = 0.1,
-                 guidance_scale: float = 4.0, sampler: str = "dpmpp_2m", sample_steps: int = 20):
+                 guidance_scale: float = 4.0, sampler: str = "dpmpp_2m", sample_steps: int = 20,
+                 guidance_interval: Sequence[float] | None = None):
         autoencoder, text_encoder, unet = dict(autoencoder or {}), dict(text_encoder or {}), dict(unet or {})
+        # The default guidance interval (log-SNR, see ClassifierFreeGuidance) is kept only when given, so that the
+        # config of a model without one reads as it always did.
+        interval = {} if guidance_interval is None else {"guidance_interval": list(check_interval(guidance_interval))}
         super().__init__(image_shape=list(image_shape), autoencoder=autoencoder, text_encoder=text_encoder,
                          unet=unet, p_uncond=p_uncond, guidance_scale=guidance_scale, sampler=sampler,
-                         sample_steps=sample_steps)
+                         sample_steps=sample_steps, **interval)
         if not 0 <= p_uncond < 1:
             raise ValueError(f"p_uncond is a probability below 1, got {p_uncond}")
         self.image_shape = tuple(image_shape)
         self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
         self.sampler, self.sample_steps = sampler, sample_steps
+        self.guidance_interval = check_interval(guidance_interval)  # None: guide at every step
         self.autoencoder = LatentAutoencoder(**autoencoder, image_shape=self.image_shape).requires_grad_(False)
         self.text_encoder = ContrastiveTextImage(**text_encoder, image_shape=self.image_shape).requires_grad_(False)
         self.diffusion = DiffusionModel(**{**unet, "image_shape": list(self.autoencoder.latent_shape),

@@ -48,6 +48,9 @@ _SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sampler": (f"one of {sorted(SAMPLERS)}", lambda v: isinstance(v, str) and v in SAMPLERS),
     "sample_steps": (f"a whole number from 1 to {MAX_STEPS}",
                      lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_STEPS),
+    "guidance_interval": ("two log-SNR values [low, high], low < high", lambda v: isinstance(v, list) and len(v) == 2
+                          and all(isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+                                  for x in v) and v[0] < v[1]),
 }
 
 
@@ -73,7 +76,7 @@ def save_model_folder(model: LatentDiffusion, folder: str | os.PathLike, *, data
             parts[name] = {"type": getattr(model, attribute).model_type,
                            "config_sha256": hashlib.sha256((part / "config.json").read_bytes()).hexdigest()}
         index = {"_class_name": "LatentDiffusion", "minisd_version": __version__, "parts": parts,
-                 "model": {key: model.hparams[key] for key in _SETTING_RULES}, "data": data or {}}
+                 "model": {key: model.hparams[key] for key in _SETTING_RULES if key in model.hparams}, "data": data or {}}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         if card is not None:
             (tmp / "README.md").write_text(card)

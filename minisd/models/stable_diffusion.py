@@ -56,7 +56,7 @@ class StableDiffusion(nn.Module):
         factor = downsampling_factor(autoencoder.hparams["channel_mults"])
         self.image_shape = (autoencoder.image_shape[0], sample_size * factor, sample_size * factor)
         # diffusers' defaults for these pipelines: 50 steps at guidance 7.5 (its guidance_scale is Luo's gamma).
-        self.sampler, self.sample_steps, self.guidance_scale = sampler, 50, 7.5
+        self.sampler, self.sample_steps, self.guidance_scale, self.guidance_interval = sampler, 50, 7.5, None
 
     @property
     def device(self) -> torch.device:

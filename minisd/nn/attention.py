@@ -47,6 +47,19 @@ class MultiHeadAttention(nn.Module):
         # Keys and values in one matrix multiply: one pass over the (possibly long) source.
         self.to_key_value = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
         self.to_out = zero_init(nn.Linear(dim, dim))
+        self._context_cache: tuple | None = None  # (context, its version, the weights' versions, keys and values)
+
+    def _context_keys_values(self, context: torch.Tensor) -> torch.Tensor:
+        """The context's keys and values, ``(B, L, 2 * dim)``. A sampler calls the network on the same prompt
+        embeddings at every step: without gradients, they are computed on the first step and reused while the
+        context tensor and the weights are unchanged (the same object, and neither written in place since)."""
+        if torch.is_grad_enabled():
+            return self.to_key_value(context)
+        stamp = (context, context._version, tuple(p._version for p in self.to_key_value.parameters()))
+        cached = self._context_cache
+        if cached is None or cached[0] is not context or cached[1:3] != stamp[1:]:
+            self._context_cache = (*stamp, self.to_key_value(context))
+        return self._context_cache[3]
 
     def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
         # (B, N, heads * d) -> (B, heads, N, d): views only; scaled_dot_product_attention takes strides.
@@ -55,8 +68,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``context_mask: (B, L)`` bool, True where a context token is real (False: padding, ignored)."""
-        source = x if context is None else context
-        key, value = self.to_key_value(source).chunk(2, dim=-1)
+        key, value = (self.to_key_value(x) if context is None else self._context_keys_values(context)).chunk(2, dim=-1)
         # A (B, 1, 1, L) mask broadcasts over heads and queries.
         mask = None if context_mask is None else context_mask[:, None, None, :]
         query, key, value = self._split_heads(self.to_query(x)), self._split_heads(key), self._split_heads(value)

@@ -131,6 +131,8 @@ class TextToImagePipeline:
         ``negative_prompt``: what the unconditional branch of classifier-free guidance is conditioned on (one,
         or one per prompt); ``guidance_scale`` (default: the model's): 0 ignores the prompt, 1 is the plain
         conditional model, more follows the prompt harder (Luo (2022), section "Classifier-Free Guidance").
+        ``guidance_interval`` ``(low, high)``: guide only the steps whose log-SNR is in ``[low, high)`` (default: the
+        model's; ``(-inf, inf)`` guides every step).
         ``image``: an init image ``(C, H, W)``/``(1, C, H, W)`` tensor in [0, 1] or a PIL image, redrawn from
         ``strength`` (default 0.8; 1 redraws everything); with ``mask_image`` (white = repaint) only the
         masked region is redrawn (``strength`` default 1) and the rest is the init image as the autoencoder
@@ -157,7 +159,7 @@ class TextToImagePipeline:
         steps = model.sample_steps if num_inference_steps is None else num_inference_steps
         scale = _check_guidance(model.guidance_scale if guidance_scale is None else guidance_scale)
         sampler = sampler or model.sampler
-        interval = check_interval(guidance_interval)
+        interval = check_interval(model.guidance_interval if guidance_interval is None else guidance_interval)
         if scale < 1 and getattr(model, "published", False):
             # Code written for diffusers passes guidance_scale=0.0 (SD-Turbo's examples) to mean "no guidance".
             warnings.warn(f"guidance_scale {scale:g} mixes in the unconditional prediction (at 0 the prompt is "

@@ -144,4 +144,14 @@ def load_training_state(path: str | os.PathLike, model: Model, ema_model: Model,
                                                              state["optimizer"]))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError) as err:
         raise CheckpointError(f"the training state in {folder} is damaged ({err}); it cannot be resumed") from None
+    _match_parameter_layouts(optimizer)
     return state["step"]
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Lay each moment out in memory as its parameter is (a file holds them contiguous; a channels-last
+    parameter's are not): a fused optimizer walks parameter, gradient and moments as flat arrays together."""
+    for parameter, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                moments[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)

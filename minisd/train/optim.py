@@ -20,6 +20,12 @@ def learning_rate(step: int, *, lr: float, total_steps: int, warmup_steps: int, 
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def adamw(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The training loop's optimizer: AdamW (Loshchilov & Hutter 2019), fused, so that one kernel updates every
+    parameter (on a CPU torch's default is a loop of small operations per tensor, a few percent of a step)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+
+
 class EMA:
     """theta_ema <- d * theta_ema + (1 - d) * theta after every step.
 
@@ -30,11 +36,19 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # The parameters that train; a frozen one (a text-to-image model's autoencoder and text encoder) keeps its
+        # value, which its average then keeps too. Listed once: walking the modules every step costs more than
+        # averaging a small model.
+        pairs = [(averaged, current) for averaged, current in zip(self.model.parameters(), model.parameters())
+                 if current.requires_grad]
+        self._averaged, self._current = [a for a, _ in pairs], [c for _, c in pairs]
+        self._buffers = list(zip(self.model.buffers(), model.buffers()))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, step: int) -> None:
+        """Average in the current weights of the model this EMA was made from, after training step ``step``."""
         decay = min(self.decay, (1 + step) / (10 + step))
-        for averaged, current in zip(self.model.parameters(), model.parameters()):
-            averaged.lerp_(current, 1 - decay)
-        for averaged, current in zip(self.model.buffers(), model.buffers()):
+        if self._averaged:
+            torch._foreach_lerp_(self._averaged, self._current, 1 - decay)  # one call for all, as the optimizer
+        for averaged, current in self._buffers:
             averaged.copy_(current)

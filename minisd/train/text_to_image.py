@@ -127,6 +127,9 @@ def _train_unet(run_config: dict[str, Any], run_dir: Path, autoencoder_run: Path
     started = time.perf_counter()
     if resume:
         model.autoencoder.latent_scale.copy_(load(run_dir).autoencoder.latent_scale)
+    if config.eval_images is not None and config.eval_images < len(test_set):
+        # The stage evaluates on the first eval_images test images: encode those alone.
+        test_set = test_set.subset(torch.arange(config.eval_images))
     splits = {"train": train_set, "test": test_set}
     cache = run_dir.parent / LATENT_CACHE_FILE
     stamp = _latent_stamp(model.autoencoder, autoencoder_run, splits)
