@@ -4,6 +4,7 @@ and text context each change the output."""
 import pytest
 import torch
 
+from minisd.nn.attention import MultiHeadAttention
 from minisd.nn.embeddings import sinusoidal_embedding
 from minisd.nn.unet import UNet
 
@@ -174,8 +175,7 @@ def test_cross_attention_keys_and_values_are_reused_only_while_context_and_weigh
     computed once. A context changed in place, another context, or weights changed in place are seen."""
     model = randomise_zero_parameters(tiny_unet(context_dim=CONTEXT_DIM)).eval()
     x, t, context = torch.randn(2, 1, 28, 28), torch.rand(2), random_context(2)
-    layers = [m for m in model.modules() if type(m).__name__ == "MultiHeadAttention" and m.to_key_value.in_features
-              == CONTEXT_DIM]
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and m.to_key_value.in_features == CONTEXT_DIM]
     calls = []
     for layer in layers:
         layer.to_key_value.register_forward_hook(lambda *args: calls.append(1))

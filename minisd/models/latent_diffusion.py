@@ -53,16 +53,16 @@ class LatentDiffusion(Model):
         autoencoder, text_encoder, unet = dict(autoencoder or {}), dict(text_encoder or {}), dict(unet or {})
         # The default guidance interval (log-SNR, see ClassifierFreeGuidance) is kept only when given, so that the
         # config of a model without one reads as it always did.
-        interval = {} if guidance_interval is None else {"guidance_interval": list(check_interval(guidance_interval))}
+        interval = check_interval(guidance_interval)
         super().__init__(image_shape=list(image_shape), autoencoder=autoencoder, text_encoder=text_encoder,
                          unet=unet, p_uncond=p_uncond, guidance_scale=guidance_scale, sampler=sampler,
-                         sample_steps=sample_steps, **interval)
+                         sample_steps=sample_steps, **({} if interval is None else {"guidance_interval": list(interval)}))
         if not 0 <= p_uncond < 1:
             raise ValueError(f"p_uncond is a probability below 1, got {p_uncond}")
         self.image_shape = tuple(image_shape)
         self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
         self.sampler, self.sample_steps = sampler, sample_steps
-        self.guidance_interval = check_interval(guidance_interval)  # None: guide at every step
+        self.guidance_interval = interval  # None: guide at every step
         self.autoencoder = LatentAutoencoder(**autoencoder, image_shape=self.image_shape).requires_grad_(False)
         self.text_encoder = ContrastiveTextImage(**text_encoder, image_shape=self.image_shape).requires_grad_(False)
         self.diffusion = DiffusionModel(**{**unet, "image_shape": list(self.autoencoder.latent_shape),

@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 import torch
 
+from minisd.diffusion.guidance import check_interval
 from minisd.diffusion.samplers import MAX_STEPS, SAMPLERS
-from minisd.errors import CheckpointError
+from minisd.errors import CheckpointError, ConfigError
 from minisd.models.latent_diffusion import LatentDiffusion
 from minisd.models.files import load, save_model
 from minisd.version import __version__
@@ -33,6 +34,14 @@ from minisd.version import __version__
 INDEX = "model_index.json"
 RUN_MODEL_FOLDER = "model"  # where a text-to-image training run (minisd.train.text_to_image) writes its model folder
 PARTS = {"autoencoder": "autoencoder", "text_encoder": "text_encoder", "unet": "diffusion"}  # folder -> attribute
+
+
+def _is_interval(value: Any) -> bool:
+    try:
+        check_interval(value)
+    except ConfigError:
+        return False
+    return True
 
 
 def _is_number(value: Any) -> bool:
@@ -48,9 +57,7 @@ _SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sampler": (f"one of {sorted(SAMPLERS)}", lambda v: isinstance(v, str) and v in SAMPLERS),
     "sample_steps": (f"a whole number from 1 to {MAX_STEPS}",
                      lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_STEPS),
-    "guidance_interval": ("two log-SNR values [low, high], low < high", lambda v: isinstance(v, list) and len(v) == 2
-                          and all(isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
-                                  for x in v) and v[0] < v[1]),
+    "guidance_interval": ("two log-SNR values [low, high], low < high", lambda v: isinstance(v, list) and _is_interval(v)),
 }
 
 
