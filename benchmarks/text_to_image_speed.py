@@ -63,7 +63,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count  # noqa: E402
 
 import minisd  # noqa: E402
 from minisd.configs import preset_path  # noqa: E402
@@ -85,14 +85,20 @@ def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=N
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-# On a CPU, F.scaled_dot_product_attention runs this kernel, which torch's FLOP table leaves out: without it
-# every attention layer would count as free.
-CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+def _onednn_convolution_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+# On a CPU, F.scaled_dot_product_attention runs this kernel, and minisd's Conv2d, without gradients, oneDNN's
+# convolution (minisd/nn/conv2d.py); torch's FLOP table leaves both out: without them every attention layer and
+# every convolution of minisd's call would count as free.
+CPU_KERNELS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+               torch.ops.mkldnn._convolution_pointwise: _onednn_convolution_flops}
 
 
 def count_flops(work: Callable[[], Any]) -> int:
     """FLOPs of one call of ``work`` (a multiply-add counts 2)."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_KERNELS) as counter:
         work()
     return counter.get_total_flops()
 

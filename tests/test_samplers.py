@@ -142,6 +142,24 @@ def test_sampling_starts_where_log_snr_falls_to_minus_10_or_at_t_1(schedule_name
         assert t_start < 1 and schedule.log_snr(grid[:1]).item() == pytest.approx(LOG_SNR_START, abs=1e-6)
 
 
+def test_a_fixed_schedules_grid_is_computed_once_and_a_learned_ones_follows_its_parameters() -> None:
+    from minisd.diffusion import spacing
+
+    cosine = build_schedule("cosine")
+    first = time_steps(cosine, 12, "log_snr", t_max=start_time(cosine))
+    first[0] = 2.0  # a caller writing into its grid changes no later grid
+    again = time_steps(cosine, 12, "log_snr", t_max=start_time(cosine))
+    spacing._GRIDS.clear()
+    assert torch.equal(again, time_steps(cosine, 12, "log_snr", t_max=start_time(cosine)))
+    assert again[0] < 1
+    learned = build_schedule("learned")
+    before = time_steps(learned, 12, "log_snr")
+    with torch.no_grad():
+        for parameter in learned.parameters():
+            parameter.add_(0.5)
+    assert not torch.equal(before, time_steps(learned, 12, "log_snr"))
+
+
 def test_unknown_spacing_is_refused() -> None:
     with pytest.raises(ValueError, match="spacing"):
         time_steps(build_schedule("linear"), 10, "quadratic")

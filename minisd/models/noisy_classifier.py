@@ -24,6 +24,7 @@ from minisd.diffusion import build_schedule, expand_like
 from minisd.diffusion.losses import sample_times
 from minisd.models.base import Model
 from minisd.models.diffusion import to_model_range
+from minisd.nn.conv2d import Conv2d
 from minisd.nn.embeddings import TimeEmbedding
 from minisd.nn.unet import ResidualBlock
 
@@ -57,7 +58,7 @@ class NoisyClassifier(Model):
         self.schedule = build_schedule(schedule)
         embedding_dim = 4 * base_channels  # as in the UNet
         self.time_embedding = TimeEmbedding(base_channels, embedding_dim)
-        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.input_conv = Conv2d(in_channels, base_channels, 3, padding=1)
         self.blocks = nn.ModuleList()
         channels = base_channels
         for level, mult in enumerate(channel_mults):
@@ -65,7 +66,7 @@ class NoisyClassifier(Model):
                 self.blocks.append(ResidualBlock(channels, base_channels * mult, embedding_dim, dropout, groups))
                 channels = base_channels * mult
             if level < len(channel_mults) - 1:
-                self.blocks.append(nn.Conv2d(channels, channels, 3, stride=2, padding=1))  # the UNet's downsample
+                self.blocks.append(Conv2d(channels, channels, 3, stride=2, padding=1))  # the UNet's downsample
         self.head = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(channels, num_classes))
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from minisd.errors import ConfigError
 from minisd.nn.attention import ImageSelfAttention, zero_init
+from minisd.nn.conv2d import Conv2d
 from minisd.nn.unet import downsample, upsample
 
 
@@ -45,10 +46,10 @@ class ResBlock(nn.Module):
         super().__init__()
         self.branch = nn.Sequential(
             nn.GroupNorm(groups, in_channels, eps=norm_eps), nn.SiLU(),
-            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            Conv2d(in_channels, out_channels, 3, padding=1),
             nn.GroupNorm(groups, out_channels, eps=norm_eps), nn.SiLU(),
-            zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+            zero_init(Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.skip = nn.Identity() if in_channels == out_channels else Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.skip(x) + self.branch(x)
@@ -81,7 +82,7 @@ def check_codec_shape(image_shape: Sequence[int], base_channels: int, channel_mu
 def downsample_bottom_right(channels: int) -> nn.Module:
     """Stride-2 3x3 convolution over the map padded by one row and column on the bottom and right only: Stable
     Diffusion's autoencoder (``downsample`` pads all four sides; the two differ only at the borders)."""
-    return nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(channels, channels, 3, stride=2, padding=0))
+    return nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), Conv2d(channels, channels, 3, stride=2, padding=0))
 
 
 def middle_blocks(channels: int, groups: int, norm_eps: float, attention: bool) -> list[nn.Module]:
@@ -103,7 +104,7 @@ class LatentEncoder(nn.Module):
                  norm_eps: float = 1e-5, middle_attention: bool = False, asymmetric_downsample: bool = False,
                  quant_convs: bool = False):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 3, padding=1)]
+        layers: list[nn.Module] = [Conv2d(in_channels, base_channels, 3, padding=1)]
         channels = base_channels
         halve = downsample_bottom_right if asymmetric_downsample else downsample
         for level, mult in enumerate(channel_mults):
@@ -114,9 +115,9 @@ class LatentEncoder(nn.Module):
                 layers.append(halve(channels))
         layers += [*middle_blocks(channels, groups, norm_eps, middle_attention),
                    nn.GroupNorm(groups, channels, eps=norm_eps), nn.SiLU(),
-                   nn.Conv2d(channels, out_channels, 3, padding=1)]
+                   Conv2d(channels, out_channels, 3, padding=1)]
         if quant_convs:
-            layers.append(nn.Conv2d(out_channels, out_channels, 1))
+            layers.append(Conv2d(out_channels, out_channels, 1))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -133,8 +134,8 @@ class LatentDecoder(nn.Module):
                  quant_convs: bool = False):
         super().__init__()
         channels = base_channels * channel_mults[-1]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, in_channels, 1)] if quant_convs else []
-        layers += [nn.Conv2d(in_channels, channels, 3, padding=1),
+        layers: list[nn.Module] = [Conv2d(in_channels, in_channels, 1)] if quant_convs else []
+        layers += [Conv2d(in_channels, channels, 3, padding=1),
                    *middle_blocks(channels, groups, norm_eps, middle_attention)]
         for level in reversed(range(len(channel_mults))):
             for _ in range(num_res_blocks if decoder_res_blocks is None else decoder_res_blocks):
@@ -142,7 +143,7 @@ class LatentDecoder(nn.Module):
                 channels = base_channels * channel_mults[level]
             if level > 0:
                 layers.append(upsample(channels))
-        layers += [nn.GroupNorm(groups, channels, eps=norm_eps), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)]
+        layers += [nn.GroupNorm(groups, channels, eps=norm_eps), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

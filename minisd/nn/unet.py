@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minisd.nn.attention import SpatialAttention, zero_init
+from minisd.nn.conv2d import Conv2d
 from minisd.nn.dropout import Dropout
 from minisd.nn.embeddings import TimeEmbedding
 
@@ -54,7 +55,7 @@ class ResidualBlock(nn.Module):
             raise ValueError(f"time_conditioning must be one of {TIME_CONDITIONINGS}, got {time_conditioning!r}")
         self.scale_shift = time_conditioning == "scale_shift"
         self.in_layers = nn.Sequential(nn.GroupNorm(groups, in_channels), nn.SiLU(),
-                                       nn.Conv2d(in_channels, out_channels, 3, padding=1))
+                                       Conv2d(in_channels, out_channels, 3, padding=1))
         # FiLM ("scale-shift norm", Dhariwal & Nichol 2021): the embedding rescales each channel
         # after normalisation rather than only adding to it, so the noise level can set how strongly
         # a feature is used; they found it better than adding. 1 + scale: a zero scale changes nothing.
@@ -62,8 +63,8 @@ class ResidualBlock(nn.Module):
         self.embedding_to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(embedding_dim, shifts))
         self.out_norm = nn.GroupNorm(groups, out_channels)
         self.out_layers = nn.Sequential(nn.SiLU(), Dropout(dropout),
-                                        zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+                                        zero_init(Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.skip = nn.Identity() if in_channels == out_channels else Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         hidden = self.in_layers(x)
@@ -93,13 +94,13 @@ class UNetBlock(nn.Module):
 
 
 def downsample(channels: int) -> nn.Module:
-    return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+    return Conv2d(channels, channels, 3, stride=2, padding=1)
 
 
 def upsample(channels: int) -> nn.Module:
     # Nearest-neighbour then a conv, rather than a transposed conv, whose overlapping strides
     # leave checkerboard artefacts (Odena et al. 2016).
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1))
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), Conv2d(channels, channels, 3, padding=1))
 
 
 class UNet(nn.Module):
@@ -159,7 +160,7 @@ class UNet(nn.Module):
                              context_dim=context_dim, dropout=dropout, groups=groups,
                              time_conditioning=time_conditioning, transformer=transformer)
 
-        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.input_conv = Conv2d(in_channels, base_channels, 3, padding=1)
         channels, skip_channels = base_channels, [base_channels]
         self.down_levels, self.downsamples = nn.ModuleList(), nn.ModuleList()
         for level, mult in enumerate(channel_mults):
@@ -190,7 +191,7 @@ class UNet(nn.Module):
         # Zero output conv: a fresh UNet predicts exactly 0 - the mean of eps, and a fair first
         # guess of x0 or v - so training starts at the trivial loss instead of above it.
         self.output = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(),
-                                    zero_init(nn.Conv2d(channels, self.out_channels, 3, padding=1)))
+                                    zero_init(Conv2d(channels, self.out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning = None) -> torch.Tensor:
         """``cond``: None (no conditioning; all-null labels), class labels ``(B,)`` int64, or a dict with
