@@ -19,7 +19,7 @@ from minisd.models.files import load, read_checkpoint_config
 from minisd.models.model_folder import RUN_MODEL_FOLDER
 from minisd.train.config import STAGES
 from minisd.train.run import load_captioned_split
-from minisd.train.text_to_image import TIMINGS_FILE, timing_lines
+from minisd.train.text_to_image import recorded_timings, timing_lines
 
 
 @torch.no_grad()
@@ -102,7 +102,7 @@ def write_model_card(run_dir: str | Path, *, data_dir: str | None = None) -> Pat
     run_dir = Path(run_dir)
     held_out = held_out_report(load(run_dir / "unet"), run_dir, data_dir=data_dir)
     (run_dir / "held_out.json").write_text(json.dumps(held_out, indent=2) + "\n")
-    timings = json.loads((run_dir / TIMINGS_FILE).read_text()) if (run_dir / TIMINGS_FILE).is_file() else []
+    timings = recorded_timings(run_dir)
     card = run_dir / RUN_MODEL_FOLDER / "README.md"
     card.write_text(model_card(run_dir, timings, held_out))
     return card

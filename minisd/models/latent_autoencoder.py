@@ -39,12 +39,12 @@ OWN_LAYOUT = dict(groups=8, norm_eps=1e-5, middle_attention=False, decoder_res_b
                   asymmetric_downsample=False, quant_convs=False)
 
 
-
 # Images per encoder call when a whole dataset is encoded. Small on purpose: at 500 a layer's activations (50 MB)
 # are fresh memory pages from the OS on every call, and zeroing them took more time than the convolutions. At 50,
 # MNIST's 61,000 training images encoded in 21.6 s instead of 37.4 s on 2 cores (benchmarks/README.md, "Time to
 # quality").
 ENCODE_BATCH = 50
+
 
 class LatentAutoencoder(Model):
     """KL-regularised convolutional autoencoder: images ``(B, C, H, W)`` in [0, 1] <-> latents ``(B, 4, H/4, W/4)``.

@@ -38,7 +38,7 @@ from minisd.train.consistency import ConsistencyStudent
 from minisd.train.config import DistillConfig, student_config, train_config, validate_distill_config
 from minisd.train.reflow import teacher_pairs
 from minisd.train.run import load_captioned_split
-from minisd.train.text_to_image import TIMINGS_FILE, read_timings, timing_lines
+from minisd.train.text_to_image import read_timings, timing_lines, write_timings
 
 DISTILL_CONFIG_FILE = "distill.json"  # the run's whole config, which --resume reads back
 PAIRS_DIR = "pairs"
@@ -118,7 +118,7 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
 
     def timed(stage: str, started: float) -> None:
         timings[-1]["seconds"][stage] = time.perf_counter() - started
-        (run_dir / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
+        write_timings(run_dir, timings)
 
     student = student_config(config)
     train_set = load_captioned_split(student["data"], "train", data_dir)

@@ -226,12 +226,21 @@ def _open_run_folder(config: dict[str, Any], run_dir: Path, *, resume: bool, ove
     return read_timings(run_dir, command)
 
 
-def read_timings(run_dir: Path, command: str | None) -> list[dict[str, Any]]:
-    """The timings of the commands run on ``run_dir`` so far, with a new entry for this one last (its ``seconds``
-    are filled in as its stages end, and written back by the caller)."""
+def recorded_timings(run_dir: Path) -> list[dict[str, Any]]:
+    """The timings of the commands run on ``run_dir`` so far (none before the first)."""
     timings_file = run_dir / TIMINGS_FILE
-    return [*(json.loads(timings_file.read_text()) if timings_file.exists() else []),
+    return json.loads(timings_file.read_text()) if timings_file.is_file() else []
+
+
+def read_timings(run_dir: Path, command: str | None) -> list[dict[str, Any]]:
+    """:func:`recorded_timings`, with a new entry for this command last: its ``seconds`` are filled in as its
+    stages end, each time written back with :func:`write_timings`."""
+    return [*recorded_timings(run_dir),
             {"command": command, "seconds": {}, "threads": torch.get_num_threads(), "cpu": cpu_name()}]
+
+
+def write_timings(run_dir: Path, timings: list[dict[str, Any]]) -> None:
+    (run_dir / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
 
 
 def timing_lines(timings: list[dict[str, Any]]) -> list[str]:
@@ -260,7 +269,7 @@ def _train_stages(config: dict[str, Any], run_dir: Path, timings: list[dict[str,
                 _stage_run(stage_config(config, stage), run_dir / stage, **options)
             seconds[stage] = time.perf_counter() - started
             if is_main:
-                (run_dir / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
+                write_timings(run_dir, timings)
     except MinisdError:
         # A new run refused before its first checkpoint (a folder without one usable image, say) leaves nothing
         # behind: the same command, corrected, must not be told to --resume a run that never started.
