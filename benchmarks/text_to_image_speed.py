@@ -21,12 +21,14 @@ residual blocks where minisd's has one. No config option removes them, so diffus
 "as configured" (its own blocks, more FLOPs), and "matched", the same modules with those extra layers
 replaced by identities (the feed-forward by zeros), which leaves the layer list of minisd's networks and
 equal FLOPs but for one conv (minisd upsamples 4x4 to 8x8, convolves, then crops to 7x7; diffusers interpolates
-to 7x7 first): 3% of a UNet call (see ``match_minisd_layers``). The script prints all the counts.
+to 7x7 first): 3% of a UNet call (see ``match_minisd_layers``). The script prints all the counts. The matched
+networks are timed once more on one thread: minisd runs the small operators of a small UNet call on one thread
+(``minisd/nn/threads.py``), and this row shows what that setting alone gives diffusers.
 
 FLOPs are counted by ``torch.utils.flop_counter`` (multiply-adds count 2; convolutions, matrix multiplies
 and attention; normalisations and activations are not counted), with the CPU flash-attention kernel that
 ``scaled_dot_product_attention`` dispatches to added to its table. Timing: warm-up calls, then interleaved
-rounds (minisd, diffusers matched, diffusers as configured, minisd, ...), so that a load that comes and goes
+rounds (minisd, diffusers matched, matched on one thread, as configured, minisd, ...), so that a load that comes and goes
 hits all alike; seconds per 4-image call as the median and the best of the rounds. Threads: 2 (the issue's
 budget), set as ``minisd generate`` sets them (``minisd.runtime.configure_threads``: OpenMP workers spin
 1,000 times before sleeping; set ``GOMP_SPINCOUNT`` in the environment to time another policy). Time it on
@@ -269,14 +271,30 @@ def contenders(pipe: TextToImagePipeline, with_diffusers: bool) -> list[dict[str
     stock_unet, stock_vae = diffusers_unet(model), diffusers_autoencoder(model)
     matched_unet, matched_vae = match_minisd_layers(stock_unet, stock_vae)
     mask = context["context_mask"].float()
-    for name, unet, vae in (("diffusers, matched to minisd's layers", matched_unet, matched_vae),
-                            ("diffusers, as configured", stock_unet, stock_vae)):
+    for name, unet, vae, threads in (("diffusers, matched to minisd's layers", matched_unet, matched_vae, None),
+                                     ("diffusers, matched, on one thread", matched_unet, matched_vae, 1),
+                                     ("diffusers, as configured", stock_unet, stock_vae, None)):
         found.append(contender(
-            name, diffusers_call(model, unet, vae),
+            name, on_threads(diffusers_call(model, unet, vae), threads),
             lambda unet=unet: unet(latents, 500, encoder_hidden_states=context["context"],
                                    encoder_attention_mask=mask),
             lambda vae=vae: vae.decode(latents[:IMAGES]), unet, vae.decoder))
     return found
+
+
+def on_threads(call: Callable[[], torch.Tensor], threads: int | None) -> Callable[[], torch.Tensor]:
+    """``call`` run on ``threads`` torch threads (None: as set), and the count restored after it."""
+    if threads is None:
+        return call
+
+    def call_on_threads() -> torch.Tensor:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return call()
+        finally:
+            torch.set_num_threads(before)
+    return call_on_threads
 
 
 # --- timing and reporting --------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ directly; its output is channels-last, which the next convolution reads without 
 convolution of a batch of 8 7x7 maps takes 98-104 us against 112 for ``F.conv2d``, 128 -> 128 on 4x4 103-105 us
 against 146, and a 4-image call of ``checkpoints/mnist`` (20 guided steps) became 1.16 times as fast (benchmarks/README.md, "Sampling against diffusers").
 
+Inside a small UNet call, whose other operators run on one thread (``minisd/nn/threads.py``), a convolution takes
+all the threads back for its own call.
+
 The arithmetic is the same convolution; only the order of the sums may differ from ``F.conv2d`` on a
 channels-first input (about 1e-7 of the values, as between torch's own layouts). Training is unchanged: with
 gradients, on a GPU, in another dtype, or where oneDNN is missing, ``forward`` is ``nn.Conv2d``'s.
@@ -19,6 +22,8 @@ import weakref
 
 import torch
 from torch import nn
+
+from minisd.nn.threads import all_threads
 
 # Each convolution's weight in oneDNN's layout, with the weight's identity and version when it was copied.
 # Kept outside the module, so that copying, pickling or saving a module never meets oneDNN's opaque tensors.
@@ -48,6 +53,10 @@ class Conv2d(nn.Conv2d):
     weight in oneDNN's layout between calls (see the module's doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with all_threads():  # a convolution gains from every thread even where the small operators run on one
+            return self._convolve(x)
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         global _available
         if not self._packs(x):
             return super().forward(x)

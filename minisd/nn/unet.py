@@ -31,6 +31,7 @@ from minisd.nn.attention import SpatialAttention, zero_init
 from minisd.nn.conv2d import Conv2d
 from minisd.nn.dropout import Dropout
 from minisd.nn.embeddings import TimeEmbedding
+from minisd.nn.threads import small_operators_on_one_thread
 
 Conditioning = torch.Tensor | Mapping[str, torch.Tensor | None] | None
 CONDITION_KEYS = ("label", "context", "context_mask")
@@ -196,6 +197,10 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning = None) -> torch.Tensor:
         """``cond``: None (no conditioning; all-null labels), class labels ``(B,)`` int64, or a dict with
         optional ``"label"``, ``"context": (B, L, context_dim)`` and ``"context_mask": (B, L)`` bool."""
+        with small_operators_on_one_thread(x.numel() // self.in_channels * self.input_conv.out_channels):
+            return self._forward(x, t, cond)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         labels, context, context_mask = self._split_conditioning(cond)
         emb = self.time_embedding(t.expand(x.shape[0]))
         if self.class_embedding is not None:
