@@ -28,8 +28,8 @@ networks are timed once more on one thread: minisd runs the small operators of a
 FLOPs are counted by ``torch.utils.flop_counter`` (multiply-adds count 2; convolutions, matrix multiplies
 and attention; normalisations and activations are not counted), with the CPU flash-attention kernel that
 ``scaled_dot_product_attention`` dispatches to added to its table. Timing: warm-up calls, then interleaved
-rounds (minisd, diffusers matched, matched on one thread, as configured, minisd, ...), so that a load that comes and goes
-hits all alike; seconds per 4-image call as the median and the best of the rounds. Threads: 2 (the issue's
+rounds (minisd, diffusers matched, matched on one thread, as configured, minisd, ...), so that a load that comes
+and goes hits all alike; seconds per 4-image call as the median and the best of the rounds. Threads: 2 (the issue's
 budget), set as ``minisd generate`` sets them (``minisd.runtime.configure_threads``: OpenMP workers spin
 1,000 times before sleeping; set ``GOMP_SPINCOUNT`` in the environment to time another policy). Time it on
 an otherwise idle machine.

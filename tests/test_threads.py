@@ -13,6 +13,8 @@ from minisd.nn.threads import (
 )
 from minisd.nn.unet import UNet
 
+CPU = torch.device("cpu")
+
 
 @pytest.fixture
 def two_threads():
@@ -23,28 +25,29 @@ def two_threads():
 
 
 def test_a_small_feature_map_runs_on_one_thread_and_convolutions_get_the_threads_back(two_threads):
-    with small_operators_on_one_thread(SMALL_FEATURE_MAP - 1):
+    with small_operators_on_one_thread(SMALL_FEATURE_MAP - 1, CPU):
         assert torch.get_num_threads() == 1
         with all_threads():
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 1
-        with small_operators_on_one_thread(1), all_threads():  # nested: the outer count is the one given back
+        with small_operators_on_one_thread(1, CPU), all_threads():  # nested: the outer count is the one given back
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
 
 
-def test_a_large_feature_map_and_code_outside_a_region_keep_the_threads(two_threads):
-    with small_operators_on_one_thread(SMALL_FEATURE_MAP):
-        assert torch.get_num_threads() == 2
-        with all_threads():
+def test_a_large_feature_map_a_gpu_and_code_outside_a_region_keep_the_threads(two_threads):
+    for elements, device in ((SMALL_FEATURE_MAP, CPU), (1, torch.device("cuda"))):  # no GPU needed: nothing runs
+        with small_operators_on_one_thread(elements, device):
             assert torch.get_num_threads() == 2
+            with all_threads():
+                assert torch.get_num_threads() == 2
     with all_threads():
         assert torch.get_num_threads() == 2
 
 
 def test_the_thread_count_is_restored_after_an_error(two_threads):
-    with pytest.raises(ValueError), small_operators_on_one_thread(1), all_threads():
+    with pytest.raises(ValueError), small_operators_on_one_thread(1, CPU), all_threads():
         raise ValueError("inside a convolution")
     assert torch.get_num_threads() == 2
     with all_threads():  # and the region is closed: nothing is given back outside it

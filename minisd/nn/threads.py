@@ -32,10 +32,12 @@ _outer = threading.local()
 
 
 @contextlib.contextmanager
-def small_operators_on_one_thread(feature_map_elements: int) -> Iterator[None]:
-    """Run the block on one thread if the feature map is small (see the module's doc); else change nothing."""
+def small_operators_on_one_thread(feature_map_elements: int, device: torch.device) -> Iterator[None]:
+    """Run the block on one thread if the feature map is small and on the CPU (see the module's doc); else change
+    nothing."""
     threads = torch.get_num_threads()
-    if feature_map_elements >= SMALL_FEATURE_MAP or threads == 1 or getattr(_outer, "threads", None):
+    if (device.type != "cpu" or feature_map_elements >= SMALL_FEATURE_MAP or threads == 1
+            or getattr(_outer, "threads", None)):
         yield
         return
     _outer.threads = threads

@@ -197,7 +197,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning = None) -> torch.Tensor:
         """``cond``: None (no conditioning; all-null labels), class labels ``(B,)`` int64, or a dict with
         optional ``"label"``, ``"context": (B, L, context_dim)`` and ``"context_mask": (B, L)`` bool."""
-        with small_operators_on_one_thread(x.numel() // self.in_channels * self.input_conv.out_channels):
+        with small_operators_on_one_thread(x.numel() // self.in_channels * self.input_conv.out_channels, x.device):
             return self._forward(x, t, cond)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
