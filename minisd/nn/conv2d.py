@@ -4,9 +4,9 @@ A sampler calls the same UNet 20 or more times on small feature maps (a 7x7 late
 call of ``F.conv2d`` pays for more than its arithmetic: oneDNN, the library that runs torch's CPU convolutions,
 first copies the weight into its own blocked layout, and it writes its output in the layout of the input. Without
 gradients, this class keeps the weight in oneDNN's layout from one call to the next and calls oneDNN's convolution
-directly; its output is channels-last, which the next convolution reads without a copy. A 64 -> 64 3x3
-convolution of a batch of 8 7x7 maps takes 98-104 us against 112 for ``F.conv2d``, 128 -> 128 on 4x4 103-105 us
-against 146, and a 4-image call of ``checkpoints/mnist`` (20 guided steps) became 1.16 times as fast (benchmarks/README.md, "Sampling against diffusers").
+directly; its output is channels-last, which the next convolution reads without a copy. A 128 -> 128 3x3
+convolution of a batch of 8 4x4 maps takes 126-201 us against 195-287 for ``F.conv2d``, and a 4-image call of
+``checkpoints/mnist`` (20 guided steps) became 1.24-1.28 times as fast (``benchmarks/sampling_switches.py``).
 
 Inside a small UNet call, whose other operators run on one thread (``minisd/nn/threads.py``), a convolution takes
 all the threads back for its own call.

@@ -6,9 +6,9 @@ after a few microseconds (``minisd.runtime.SPIN_COUNT``), and waking it again co
 virtual machine: more than a GroupNorm or a LayerNorm of that size takes on one thread, and more than the second
 thread saves on an attention of 49 tokens. Convolutions, the larger operators, still gain from it. So a network
 whose feature maps are small runs its forward pass under :func:`small_operators_on_one_thread`, and
-:class:`~minisd.nn.conv2d.Conv2d` takes the threads back for its own call with :func:`all_threads`. Measured in
-benchmarks/README.md, "Sampling against diffusers": a 4-image call of ``checkpoints/mnist`` became 1.07-1.08 times
-as fast.
+:class:`~minisd.nn.conv2d.Conv2d` takes the threads back for its own call with :func:`all_threads`. A 4-image call
+of ``checkpoints/mnist`` became 1.07-1.24 times as fast, the more the busier the host
+(``benchmarks/sampling_switches.py``; benchmarks/README.md, "Sampling against diffusers").
 
 The rule depends only on the shapes and on the thread count set by the user, never on the machine's load, so the
 same seed still gives the same bits for a fixed thread count.
