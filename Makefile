@@ -30,7 +30,8 @@ demo: setup
 	$(BIN)/minisd demo --out outputs/demo --overwrite
 
 # The suite on two workers (pytest-xdist), each test on one thread: within 5 minutes on 2 cores. The few checks
-# that need minutes of training, and the browser test, are marked slow and run by `make test-slow` (CI runs both).
+# that need minutes of training, the browser test and the crash test of every pair of save points are marked
+# slow and run by `make test-slow` (CI runs both).
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" --durations=15
 

@@ -9,17 +9,20 @@ One run measures, on the same machine and in the same process:
      and once more with minisd's two loop settings: the FLOPs of one training step (forward + backward,
      counted by torch.utils.flop_counter), its wall time, the images/s, and the achieved FLOP/s as a fraction
      of the matmul rate; then minisd's images/s over each of the others', round by round.
+  3. with ``--compile``, both again with the UNet under ``torch.compile`` (inductor; FLOPs counted before
+     compiling, the compile time printed), a candidate of issue 21 measured against diffusers compiled alike.
 
 The three are timed in interleaved rounds (matmul, minisd, diffusers, matmul, ...), so that a load that
 comes and goes on the machine hits all of them alike; each round gives one fraction per model, and the
 median over rounds is reported with the range. Time it on an otherwise idle machine.
 
-    python benchmarks/unet_speed.py [--batch-size 64] [--rounds 5] [--steps 3]
+    python benchmarks/unet_speed.py [--batch-size 64] [--rounds 5] [--steps 3] [--compile]
 """
 
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -67,11 +70,14 @@ def training_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def minisd_step(batch_size: int):
-    """minisd's training step as its loop (minisd.train.loop) takes it: the model channels-last, fused AdamW."""
+def minisd_step(batch_size: int, compiled: bool = False):
+    """minisd's training step as its loop (minisd.train.loop) takes it: the model channels-last, fused AdamW;
+    ``compiled``: its UNet under torch.compile."""
     config = load_run_config("diffusion_mnist")["model"]
     model = DiffusionModel(image_shape=(1, 28, 28), **{k: v for k, v in config.items() if k != "type"})
     model = training_layout(model, "cpu")
+    if compiled:
+        model.denoiser.network = torch.compile(model.denoiser.network)
     optimizer = adamw(model, lr=1e-4, weight_decay=0.0)
     images = torch.rand(batch_size, 1, 28, 28)
 
@@ -83,9 +89,10 @@ def minisd_step(batch_size: int):
     return step, sum(p.numel() for p in model.parameters())
 
 
-def diffusers_step(batch_size: int, loop_settings: bool = False):
+def diffusers_step(batch_size: int, loop_settings: bool = False, compiled: bool = False):
     """diffusers' UNet2DModel trained as its examples train it (torch.optim.AdamW's defaults, the default layout);
-    ``loop_settings``: with the two settings of minisd's loop as well (channels-last, fused AdamW)."""
+    ``loop_settings``: with the two settings of minisd's loop as well (channels-last, fused AdamW); ``compiled``:
+    the UNet under torch.compile."""
     from diffusers import UNet2DModel
 
     model = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
@@ -94,6 +101,8 @@ def diffusers_step(batch_size: int, loop_settings: bool = False):
                         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
     if loop_settings:
         model = training_layout(model, "cpu")
+    if compiled:
+        model = torch.compile(model)
     optimizer = adamw(model, lr=1e-4, weight_decay=0.0) if loop_settings else torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.rand(batch_size, 1, 28, 28) * 2 - 1
 
@@ -113,22 +122,33 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of matmul and model timings")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per model and round")
+    parser.add_argument("--compile", action="store_true", help="also time both UNets under torch.compile")
     args = parser.parse_args()
     torch.manual_seed(0)
-    candidates = [("minisd UNet (diffusion_mnist)", minisd_step)]
+    # (name, builder, minisd's?, the row whose FLOPs it shares: a compiled step is counted as its eager one)
+    candidates = [("minisd UNet (diffusion_mnist)", minisd_step, True, None)]
+    if args.compile:
+        candidates.append(("minisd UNet, torch.compile", partial(minisd_step, compiled=True), True, 0))
     try:
         import diffusers  # noqa: F401
-        candidates.append(("diffusers UNet2DModel", diffusers_step))
+        candidates.append(("diffusers UNet2DModel", diffusers_step, False, None))
         candidates.append(("diffusers UNet2DModel, channels-last + fused AdamW",
-                           lambda batch_size: diffusers_step(batch_size, loop_settings=True)))
+                           partial(diffusers_step, loop_settings=True), False, None))
+        if args.compile:
+            candidates.append(("diffusers UNet2DModel, torch.compile", partial(diffusers_step, compiled=True), False,
+                               len(candidates) - 2))
     except ImportError:
         print("(diffusers is not installed: pip install diffusers to compare)")
     models = []
-    for name, build in candidates:
+    for name, build, ours, flops_of in candidates:
         step, parameters = build(args.batch_size)
-        flops = training_flops(step)
-        step()  # warm-up
-        models.append({"name": name, "step": step, "parameters": parameters, "flops": flops, "rounds": []})
+        flops = models[flops_of]["flops"] if flops_of is not None else training_flops(step)
+        start = time.perf_counter()
+        step()  # warm-up; under torch.compile, the compilation
+        if flops_of is not None:
+            print(f"{name}: compiled in {time.perf_counter() - start:.1f} s (the first step)")
+        models.append({"name": name, "step": step, "parameters": parameters, "flops": flops, "ours": ours,
+                       "rounds": []})
     rates = []
     for _ in range(args.rounds):
         rates.append(matmul_flops_per_second())
@@ -147,12 +167,12 @@ def main() -> None:
         print(f"| {model['name']} | {model['parameters'] / 1e6:.2f}M | {model['flops'] / args.batch_size / 1e9:.3f} | "
               f"{statistics.median(speeds):.1f} ({min(speeds):.1f}-{max(speeds):.1f}) | "
               f"{100 * statistics.median(fractions):.0f}% ({100 * min(fractions):.0f}-{100 * max(fractions):.0f}%) |")
-    ours = [speed for speed, _ in models[0]["rounds"]]
-    for model in models[1:]:
-        # Round by round: the two steps of one round ran under the same load.
-        ratios = [mine / theirs for mine, (theirs, _) in zip(ours, model["rounds"])]
-        print(f"\nminisd's images/s over {model['name']}'s: {statistics.median(ratios):.2f}x "
-              f"(median over rounds; range {min(ratios):.2f}-{max(ratios):.2f}x)", end="")
+    for mine in (model for model in models if model["ours"]):
+        for theirs in (model for model in models if not model["ours"]):
+            # Round by round: the two steps of one round ran under the same load.
+            ratios = [a / b for (a, _), (b, _) in zip(mine["rounds"], theirs["rounds"])]
+            print(f"\n{mine['name']}: images/s over {theirs['name']}'s: {statistics.median(ratios):.2f}x "
+                  f"(median over rounds; range {min(ratios):.2f}-{max(ratios):.2f}x)", end="")
     print()
 
 
