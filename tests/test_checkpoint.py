@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -104,18 +105,24 @@ def _copy_state(source, target):
     shutil.copytree(source, target, symlinks=True)
 
 
+def _crashes_at_each_point(source, target, action) -> Iterator[int]:
+    """For each file operation of ``action(target)`` in turn, ``target`` afresh as a copy of ``source``, then left as a
+    save killed just before that operation. Yields the operation's number; stops when ``action`` finishes first."""
+    for point in range(1, 1000):
+        _copy_state(source, target)
+        if not _crash_before_operation(point, functools.partial(action, target)):
+            return
+        yield point
+
+
 def test_a_complete_checkpoint_survives_a_crash_at_every_point_of_a_save(tmp_path):
     """One crash at each point of one save; the next run's save then completes and clears what was left. (Every
     pair of crashes, a save killed and then its resumed run's save killed, is the slow test below: 30 s.)"""
-    base = tmp_path / "base"
+    base, after = tmp_path / "base", tmp_path / "after"
     _save(base, 5)
-    _state(10), _state(15)
+    _state(10), _state(15)  # made here, so that every forked save inherits them
     crashes = 0
-    for point in range(1, 1000):
-        after = tmp_path / "after"
-        _copy_state(base, after)
-        if not _crash_before_operation(point, functools.partial(_save, after, 10)):
-            break
+    for point in _crashes_at_each_point(base, after, lambda run_dir: _save(run_dir, 10)):
         crashes += 1
         assert _loadable_step(after) in (5, 10), point
         _resume_and_save(after, 15)
@@ -126,23 +133,15 @@ def test_a_complete_checkpoint_survives_a_crash_at_every_point_of_a_save(tmp_pat
 
 @pytest.mark.slow  # about 500 forked saves: make test-slow
 def test_a_complete_checkpoint_survives_a_crash_at_every_point_of_a_save_twice_in_a_row(tmp_path):
-    base = tmp_path / "base"
+    base, after_first, after_second = tmp_path / "base", tmp_path / "after-first", tmp_path / "after-second"
     _save(base, 5)
-    _state(10), _state(15)  # made here, so that every forked save inherits them
+    _state(10), _state(15)
     first_crashes = 0
-    for first in range(1, 1000):
-        after_first = tmp_path / "after-first"
-        _copy_state(base, after_first)
-        if not _crash_before_operation(first, functools.partial(_save, after_first, 10)):
-            break
+    for first in _crashes_at_each_point(base, after_first, lambda run_dir: _save(run_dir, 10)):
         first_crashes += 1
         resumed_from = _loadable_step(after_first)
         assert resumed_from in (5, 10)
-        for second in range(1, 1000):
-            after_second = tmp_path / "after-second"
-            _copy_state(after_first, after_second)
-            if not _crash_before_operation(second, functools.partial(_resume_and_save, after_second, 15)):
-                break
+        for second in _crashes_at_each_point(after_first, after_second, lambda run_dir: _resume_and_save(run_dir, 15)):
             assert _loadable_step(after_second) in (resumed_from, 15), (first, second)
         # The run that is not killed finishes its save and clears what the killed ones left.
         _resume_and_save(after_second, 15)
