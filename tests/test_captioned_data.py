@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -27,12 +26,8 @@ from minisd.data.shapes import (
     SIZE_WORDS, parse_shapes_prompt, shapes_prompt,
 )
 from minisd.errors import ConfigError, DataError
+from real_data import REAL_DATA_DIR, needs_real_data
 
-REAL_DATA_DIR = Path(os.environ["MINISD_DATA"]).resolve() if os.environ.get("MINISD_DATA") else None
-needs_mnist = pytest.mark.skipif(
-    REAL_DATA_DIR is None or not (REAL_DATA_DIR / "mnist").is_dir() or not (REAL_DATA_DIR / "fashion-mnist").is_dir(),
-    reason="set MINISD_DATA to a folder holding mnist/ and fashion-mnist/ IDX .gz files",
-)
 
 
 def words(text: str) -> list[str]:
@@ -104,7 +99,7 @@ def test_clothing_measures_order_brightness_and_size():
     assert torch.allclose(measures["size"], torch.tensor([400, 400, 64]) / 784)
 
 
-@needs_mnist
+@needs_real_data
 def test_the_bin_thresholds_are_the_train_split_terciles_to_two_decimals():
     for name, measure, thresholds, measured in (
         ("mnist", measure_digit, DIGIT_THRESHOLDS, ("thickness", "width")),
@@ -117,7 +112,7 @@ def test_the_bin_thresholds_are_the_train_split_terciles_to_two_decimals():
             assert difference.max() <= 0.005, (name, attribute, recomputed[attribute])
 
 
-@needs_mnist
+@needs_real_data
 def test_mnist_captions_say_each_images_own_measured_attributes():
     dataset = load_captioned("mnist", "test", data_dir=REAL_DATA_DIR, num_images=500)
     assert set(dataset.attributes) == set(DIGIT_ATTRIBUTES) and len(dataset) == 500

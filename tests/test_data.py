@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 
@@ -14,13 +13,8 @@ import torch
 from minisd.data import DATASETS, ImageDataset, binarize, load_dataset, resolve_data_dir
 from minisd.data import idx
 from minisd.errors import DataError
+from real_data import REAL_DATA_DIR, needs_real_data
 
-# CI points MINISD_DATA at the shared folder holding the 8 original .gz files.
-REAL_DATA_DIR = Path(os.environ["MINISD_DATA"]).resolve() if os.environ.get("MINISD_DATA") else None
-needs_real_files = pytest.mark.skipif(
-    REAL_DATA_DIR is None or not (REAL_DATA_DIR / "mnist").is_dir(),
-    reason="set MINISD_DATA to a folder holding mnist/ and fashion-mnist/ IDX .gz files",
-)
 
 MNIST_TEST_LABELS = idx.KNOWN_FILES[("mnist", "t10k-labels-idx1-ubyte.gz")]
 MNIST_TEST_IMAGES = idx.KNOWN_FILES[("mnist", "t10k-images-idx3-ubyte.gz")]
@@ -51,13 +45,13 @@ def no_downloads(monkeypatch):
 # ---------------------------------------------------------------- real files
 
 
-@needs_real_files
+@needs_real_data
 def test_every_shared_file_matches_the_known_size_and_md5():
     for known in idx.KNOWN_FILES.values():
         idx.verify_file(real_path(known), known)
 
 
-@needs_real_files
+@needs_real_data
 def test_mnist_test_split_has_known_label_counts():
     ds = load_dataset("mnist", "test", data_dir=REAL_DATA_DIR, download=False)
     assert ds.images.shape == (10000, 1, 28, 28)
@@ -69,21 +63,21 @@ def test_mnist_test_split_has_known_label_counts():
     assert (ds.name, ds.split, ds.image_shape) == ("mnist", "test", (1, 28, 28))
 
 
-@needs_real_files
+@needs_real_data
 def test_mnist_pixels_are_bytes_divided_by_255():
     ds = load_dataset("mnist", "test", data_dir=REAL_DATA_DIR, download=False)
     raw = idx.read_idx(real_path(MNIST_TEST_IMAGES), idx.IDX_IMAGES_MAGIC)
     assert torch.equal(ds.images[:5, 0] * 255, torch.from_numpy(raw[:5].astype(np.float32)))
 
 
-@needs_real_files
+@needs_real_data
 def test_mnist_train_split_has_known_label_counts():
     ds = load_dataset("mnist", "train", data_dir=REAL_DATA_DIR, download=False)
     assert len(ds) == 60000
     assert torch.bincount(ds.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
-@needs_real_files
+@needs_real_data
 def test_fashion_mnist_has_1000_per_class_in_test():
     ds = load_dataset("fashion-mnist", "test", data_dir=REAL_DATA_DIR, download=False)
     assert ds.images.shape == (10000, 1, 28, 28)
@@ -91,7 +85,7 @@ def test_fashion_mnist_has_1000_per_class_in_test():
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and len(ds.classes) == 10
 
 
-@needs_real_files
+@needs_real_data
 def test_item_is_image_and_scalar_label_and_batches_with_dataloader():
     ds = load_dataset("mnist", "test", data_dir=REAL_DATA_DIR, download=False)
     item = ds[3]
@@ -101,7 +95,7 @@ def test_item_is_image_and_scalar_label_and_batches_with_dataloader():
     assert batch["image"].shape == (8, 1, 28, 28) and batch["label"].shape == (8,)
 
 
-@needs_real_files
+@needs_real_data
 def test_each_load_returns_fresh_tensors_despite_the_parse_memo():
     first = load_dataset("mnist", "test", data_dir=REAL_DATA_DIR, download=False)
     first.images.zero_()
@@ -109,7 +103,7 @@ def test_each_load_returns_fresh_tensors_despite_the_parse_memo():
     assert second.images.max() == 1.0
 
 
-@needs_real_files
+@needs_real_data
 def test_file_directly_in_data_dir_is_found(tmp_path):
     flat_copy = tmp_path / MNIST_TEST_LABELS.filename
     shutil.copyfile(real_path(MNIST_TEST_LABELS), flat_copy)
@@ -128,7 +122,7 @@ def test_missing_file_error_names_file_and_fix(tmp_path):
     assert "MINISD_DATA" in message and "--data-dir" in message and "digits" in message
 
 
-@needs_real_files
+@needs_real_data
 def test_truncated_file_rejected_clearly(tmp_path, no_downloads):
     first_100kb = real_path(MNIST_TEST_IMAGES).read_bytes()[:100_000]
     truncated = place_copy(MNIST_TEST_IMAGES, tmp_path, first_100kb)
@@ -141,7 +135,7 @@ def test_truncated_file_rejected_clearly(tmp_path, no_downloads):
     assert truncated.read_bytes() == first_100kb, "the user's file must be left alone"
 
 
-@needs_real_files
+@needs_real_data
 def test_corrupt_file_rejected_by_md5(tmp_path, no_downloads):
     content = bytearray(real_path(MNIST_TEST_LABELS).read_bytes())
     content[len(content) // 2] ^= 0xFF  # same size, one byte different
@@ -207,7 +201,7 @@ def test_download_failure_from_every_mirror_is_one_clear_error(tmp_path, monkeyp
     assert list(data_dir.iterdir()) == [], "no half or temporary file, nor the folder made for them, is left behind"
 
 
-@needs_real_files
+@needs_real_data
 def test_download_from_mirror_verifies_and_places_file_with_a_progress_bar(tmp_path, monkeypatch, capsys):
     mirror_dir = tmp_path / "mirror"
     mirror_dir.mkdir()
@@ -221,7 +215,7 @@ def test_download_from_mirror_verifies_and_places_file_with_a_progress_bar(tmp_p
     assert [p.name for p in placed.parent.iterdir()] == [MNIST_TEST_LABELS.filename]
 
 
-@needs_real_files
+@needs_real_data
 def test_download_discards_corrupt_copy_and_tries_next_mirror(tmp_path, monkeypatch):
     corrupt_mirror = tmp_path / "corrupt-mirror"
     corrupt_mirror.mkdir()
@@ -235,7 +229,7 @@ def test_download_discards_corrupt_copy_and_tries_next_mirror(tmp_path, monkeypa
     assert [p.name for p in placed.parent.iterdir()] == [MNIST_TEST_LABELS.filename]
 
 
-@needs_real_files
+@needs_real_data
 def test_load_dataset_downloads_missing_split_into_data_dir(tmp_path, monkeypatch):
     monkeypatch.setitem(idx.MIRRORS, "mnist", [(REAL_DATA_DIR / "mnist").as_uri() + "/"])
     data_dir = tmp_path / "data"

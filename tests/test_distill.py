@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from real_data import needs_real_data
 
 import minisd
 from minisd.errors import ConfigError
@@ -12,6 +13,7 @@ TINY = ["distill.pairs=6", "distill.chunk=4", "distill.steps=2", "student.train.
         "student.train.batch_size=4", "student.train.checkpoint_every=2", "student.train.warmup_steps=1"]
 
 
+@needs_real_data  # the student trains on MNIST's captions
 def test_a_tiny_distillation_writes_a_few_step_model_and_resumes(tmp_path):
     out = tmp_path / "fast"
     run_training("mnist_fast", TINY, out=out, progress=False)
@@ -36,12 +38,14 @@ def test_a_tiny_distillation_writes_a_few_step_model_and_resumes(tmp_path):
 def test_bad_distillation_configs_are_refused_in_one_line(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         run_training("mnist_fast", [*TINY, override], out=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists(), "refused before any work: no run folder, no data read, no pairs drawn"
 
 
 TINY_CONSISTENCY = ["distill.steps=4", "student.train.steps=2", "student.train.batch_size=4",
                     "student.train.checkpoint_every=2", "student.train.warmup_steps=1", "data.num_images=64"]
 
 
+@needs_real_data
 def test_a_tiny_consistency_distillation_saves_the_student_alone(tmp_path):
     from safetensors import safe_open
 
@@ -69,6 +73,7 @@ def test_a_tiny_consistency_distillation_saves_the_student_alone(tmp_path):
 def test_bad_consistency_configs_are_refused_in_one_line(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         run_training("mnist_consistency", [*TINY_CONSISTENCY, override], out=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_shipped_few_step_model_draws_the_asked_digit_in_four_evaluations():

@@ -2,11 +2,11 @@
 docs, named by ``--fid-classifier`` alone or by its name, and ``minisd eval`` of a classifier (its accuracy)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from real_data import REAL_DATA_DIR, needs_real_data
 
 import minisd
 from minisd.cli import main
@@ -14,7 +14,6 @@ from minisd.eval.report import check_adherence_request
 from minisd.models.classifier import Classifier
 from minisd.shipped import SHIPPED_CLASSIFIERS, shipped_models
 
-REAL_DATA_DIR = Path(os.environ["MINISD_DATA"]).resolve() if os.environ.get("MINISD_DATA") else None
 TINY_VAE = ["--set", "data.dataset=digits", "--set", "model.hidden=[32]", "--set", "train.steps=30",
             "--set", "train.batch_size=64", "--set", "train.eval_every=0", "--no-progress"]
 
@@ -45,7 +44,7 @@ def test_the_shipped_mnist_classifier_is_a_classifier_of_mnist():
     assert config["data"]["dataset"] == "mnist" and config["data"]["binarize"] is False
 
 
-@pytest.mark.skipif(REAL_DATA_DIR is None, reason="set MINISD_DATA to a folder holding mnist/ IDX .gz files")
+@needs_real_data
 def test_eval_of_the_shipped_classifier_reports_its_mnist_test_accuracy(tmp_path, capsys):
     out = tmp_path / "accuracy.json"
     assert main(["eval", "classifier_mnist", "--limit", "2000", "--data-dir", str(REAL_DATA_DIR),

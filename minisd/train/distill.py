@@ -57,15 +57,26 @@ def load_teacher(name: str):
     raise ConfigError(f"distill.teacher {name!r} is not a text-to-image model folder or run")
 
 
-def _pairs(settings: DistillConfig, folder: Path, captions: list[str], progress: bool) -> dict[str, Any]:
+def _check_init_from_teacher(teacher, unet_settings: dict[str, Any]) -> None:
+    """Refuse, before any work, a student UNet that the teacher's weights cannot start (``distill.init_from_teacher``)."""
+    from minisd.models.diffusion import DiffusionModel
+
+    with torch.random.fork_rng():  # a throwaway student: the real one is drawn later from the run's seed
+        student = DiffusionModel(**unet_settings)
+    try:
+        student.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
+    except RuntimeError:
+        raise ConfigError("distill.init_from_teacher needs the student's UNet built as the teacher's (the same "
+                          "channels, levels and attention); change [student.model.unet] or set it false") from None
+
+
+def _pairs(teacher, settings: DistillConfig, folder: Path, captions: list[str], progress: bool) -> dict[str, Any]:
     """The pairs, made chunk by chunk into ``folder`` (each chunk written whole, then renamed) or read back."""
     folder.mkdir(parents=True, exist_ok=True)
-    teacher = None
     chunks = []
     for index, start in enumerate(range(0, settings.pairs, settings.chunk)):
         path = folder / f"pairs-{index:05d}.safetensors"
         if not path.is_file():
-            teacher = teacher or load_teacher(settings.teacher)
             batch = captions[start:start + settings.chunk]
             noise, latents = teacher_pairs(teacher, batch, guidance_scale=settings.guidance_scale,
                                            sampler=settings.sampler, steps=settings.steps, seed=1000 * index,
@@ -110,6 +121,12 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
                           f"or choose another --out")
+    student = student_config(config)
+    teacher = load_teacher(settings.teacher)  # a bad teacher, or a student it cannot start, before any work
+    unet_settings = {**student["model"].get("unet", {}), "image_shape": list(teacher.autoencoder.latent_shape),
+                     "context_dim": teacher.text_encoder.hparams["text_dim"]}
+    if settings.init_from_teacher and (overwrite or find_checkpoint(run_dir / "student") is None):
+        _check_init_from_teacher(teacher, unet_settings)
     if overwrite and run_dir.is_dir():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,18 +137,14 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         timings[-1]["seconds"][stage] = time.perf_counter() - started
         write_timings(run_dir, timings)
 
-    student = student_config(config)
     train_set = load_captioned_split(student["data"], "train", data_dir)
     if settings.method == "reflow":
         captions = list(train_set.batch(torch.arange(min(settings.pairs, len(train_set))))["caption"])
         if len(captions) < settings.pairs:
             raise ConfigError(f"distill.pairs = {settings.pairs}, but the training split has {len(captions)} captions")
         started = time.perf_counter()
-        train_set = PairDataset(_pairs(settings, run_dir / PAIRS_DIR, captions, progress), train_set.name)
+        train_set = PairDataset(_pairs(teacher, settings, run_dir / PAIRS_DIR, captions, progress), train_set.name)
         timed("pairs", started)
-    teacher = load_teacher(settings.teacher)
-    unet_settings = {**student["model"].get("unet", {}), "image_shape": list(teacher.autoencoder.latent_shape),
-                     "context_dim": teacher.text_encoder.hparams["text_dim"]}
     options = {k: v for k, v in student["model"].items() if k not in ("type", "unet")}
     config_ = train_config(student)
     torch.manual_seed(config_.seed)
@@ -141,11 +154,7 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
     if settings.method == "consistency":
         model.distil_from(teacher, settings.guidance_scale, settings.steps)
     if settings.init_from_teacher and find_checkpoint(run_dir / "student") is None:
-        try:
-            model.diffusion.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
-        except RuntimeError:
-            raise ConfigError("distill.init_from_teacher needs the student's UNet built as the teacher's (the same "
-                              "channels, levels and attention); change [student.model.unet] or set it false") from None
+        model.diffusion.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
     started = time.perf_counter()
     train(model, train_set, config_, run_dir / "student",
           run_config={"data": student["data"], "model": student["model"]},
