@@ -29,6 +29,11 @@ TINY_ATTRIBUTE_CLASSIFIER = ["--config", "attributes_shapes", "--no-progress", "
                              "--set", "train.eval_every=0", "--set", "train.checkpoint_every=3"]
 
 
+# One worker takes the whole module, so that the module's classifier (about 11 s) is trained once (make test runs
+# two pytest-xdist workers with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_adherence")
+
+
 @pytest.fixture(scope="module")
 def attribute_classifier_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("adherence") / "attributes"

@@ -16,6 +16,9 @@ TINY = ["--set", "data.dataset=digits", "--set", "model.base_channels=8", "--set
         "--set", "train.steps=20", "--set", "train.batch_size=32", "--set", "train.eval_every=0", "--no-progress"]
 
 
+pytestmark = pytest.mark.xdist_group("test_diffusion_model")  # one worker: its module fixtures are trained once
+
+
 @pytest.fixture(scope="module")
 def diffusion_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("diffusion") / "run"

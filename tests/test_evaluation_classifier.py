@@ -25,6 +25,9 @@ def error_of(capsys, argv) -> str:
     return err
 
 
+pytestmark = pytest.mark.xdist_group("test_evaluation_classifier")  # one worker: its module fixtures are trained once
+
+
 @pytest.fixture(scope="module")
 def digits_runs(tmp_path_factory):
     """A tiny VAE and a tiny classifier of the built-in digits (no classifier of digits is shipped)."""

@@ -24,6 +24,9 @@ TINY_SCORE = ["--config", "score_toy", "--set", "data.dataset=gmm", "--set", "tr
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "diffusion_samplers.py"
 
 
+pytestmark = pytest.mark.xdist_group("test_score_cli")  # one worker: the module's two runs are trained once
+
+
 @pytest.fixture(scope="module")
 def score_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("score") / "run"

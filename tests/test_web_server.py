@@ -44,6 +44,9 @@ def test_twenty_concurrent_requests_and_every_bad_input(tmp_path):
     assert results["peak_memory_mib"] < 4096
 
 
+pytestmark = pytest.mark.xdist_group("test_web_server")  # one worker, one server process for the module
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")

@@ -58,7 +58,8 @@ def load_teacher(name: str):
 
 
 def _check_init_from_teacher(teacher, unet_settings: dict[str, Any]) -> None:
-    """Refuse, before any work, a student UNet that the teacher's weights cannot start (``distill.init_from_teacher``)."""
+    """Refuse, before any work, a student UNet that the teacher's weights cannot start
+    (``distill.init_from_teacher``)."""
     from minisd.models.diffusion import DiffusionModel
 
     with torch.random.fork_rng():  # a throwaway student: the real one is drawn later from the run's seed
