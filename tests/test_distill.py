@@ -1,5 +1,7 @@
 """minisd train on a distillation config: the teacher's pairs, the student, the model folder, resume."""
 
+import json
+
 import pytest
 import torch
 from real_data import needs_real_data
@@ -23,10 +25,28 @@ def test_a_tiny_distillation_writes_a_few_step_model_and_resumes(tmp_path):
     assert pipe.model.diffusion.schedule.name == "flow"
     images = pipe("a handwritten digit 3", generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert images.shape == (1, 1, 28, 28) and torch.isfinite(images).all()
-    # A crash that lost a chunk: the same command with --resume makes that chunk alone again.
-    (out / "pairs" / "pairs-00001.safetensors").unlink()
+    # A crash that lost a chunk: the same command with --resume makes that chunk alone again, the same to the bit
+    # (its captions' words are drawn from the run's seed, its noise from the chunk's).
+    lost = out / "pairs" / "pairs-00001.safetensors"
+    before = lost.read_bytes()
+    lost.unlink()
     run_training(None, ["student.train.steps=4"], out=out, resume=True, progress=False)
-    assert (out / "pairs" / "pairs-00001.safetensors").is_file()
+    assert lost.read_bytes() == before
+
+
+def test_pairs_read_back_keep_the_captions_they_were_drawn_for(tmp_path):
+    from safetensors.torch import save_file
+
+    from minisd.train.config import DistillConfig
+    from minisd.train.distill import _pairs
+
+    settings = DistillConfig(teacher="mnist", pairs=3, chunk=2)
+    for index, captions in enumerate((["a 1", "a 2"], ["a 3"])):
+        save_file({"noise": torch.zeros(len(captions), 4), "latent": torch.zeros(len(captions), 4)},
+                  tmp_path / f"pairs-{index:05d}.safetensors", metadata={"captions": json.dumps(captions)})
+    # Every chunk is on disk, so no teacher is needed; this run's captions differ from those of the files.
+    pairs = _pairs(None, settings, tmp_path, ["a 7", "a 8", "a 9"], progress=False)
+    assert pairs["caption"] == ["a 1", "a 2", "a 3"] and pairs["latent"].shape == (3, 4)
 
 
 @pytest.mark.parametrize("override, message", [

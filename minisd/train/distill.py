@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from minisd.errors import ConfigError
 from minisd.models.files import find_checkpoint, load
@@ -87,9 +88,14 @@ def _pairs(teacher, settings: DistillConfig, folder: Path, captions: list[str], 
                       metadata={"captions": json.dumps(batch)})
             os.replace(partial, path)
         chunks.append(path)
-    tensors = [load_file(path) for path in chunks]
-    return {"noise": torch.cat([t["noise"] for t in tensors]), "latent": torch.cat([t["latent"] for t in tensors]),
-            "caption": captions[:settings.pairs]}
+    # Each chunk keeps the captions its pictures were drawn for: the file, not this run, says which they are.
+    noise, latents, chunk_captions = [], [], []
+    for path in chunks:
+        with safe_open(path, "pt") as chunk:
+            noise.append(chunk.get_tensor("noise"))
+            latents.append(chunk.get_tensor("latent"))
+            chunk_captions += json.loads(chunk.metadata()["captions"])
+    return {"noise": torch.cat(noise), "latent": torch.cat(latents), "caption": chunk_captions}
 
 
 class PairDataset:
@@ -123,7 +129,8 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
                           f"or choose another --out")
     student = student_config(config)
-    teacher = load_teacher(settings.teacher)  # a bad teacher, or a student it cannot start, before any work
+    with torch.random.fork_rng():  # loading draws initial weights; the run's random numbers stay as they were
+        teacher = load_teacher(settings.teacher)  # a bad teacher, or a student it cannot start, before any work
     unet_settings = {**student["model"].get("unet", {}), "image_shape": list(teacher.autoencoder.latent_shape),
                      "context_dim": teacher.text_encoder.hparams["text_dim"]}
     if settings.init_from_teacher and (overwrite or find_checkpoint(run_dir / "student") is None):
@@ -139,15 +146,17 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         write_timings(run_dir, timings)
 
     train_set = load_captioned_split(student["data"], "train", data_dir)
+    config_ = train_config(student)
     if settings.method == "reflow":
-        captions = list(train_set.batch(torch.arange(min(settings.pairs, len(train_set))))["caption"])
+        with torch.random.fork_rng():  # each image's caption words drawn from the run's seed: the same run after run
+            torch.manual_seed(config_.seed)
+            captions = list(train_set.batch(torch.arange(min(settings.pairs, len(train_set))))["caption"])
         if len(captions) < settings.pairs:
             raise ConfigError(f"distill.pairs = {settings.pairs}, but the training split has {len(captions)} captions")
         started = time.perf_counter()
         train_set = PairDataset(_pairs(teacher, settings, run_dir / PAIRS_DIR, captions, progress), train_set.name)
         timed("pairs", started)
     options = {k: v for k, v in student["model"].items() if k not in ("type", "unet")}
-    config_ = train_config(student)
     torch.manual_seed(config_.seed)
     student_class = ConsistencyStudent if settings.method == "consistency" else LatentDiffusion
     model = student_class.from_parts(teacher.autoencoder, teacher.text_encoder, DiffusionModel(**unet_settings),
