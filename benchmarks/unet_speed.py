@@ -126,29 +126,31 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     # (name, builder, minisd's?, the row whose FLOPs it shares: a compiled step is counted as its eager one)
-    candidates = [("minisd UNet (diffusion_mnist)", minisd_step, True, None)]
+    minisd_name, diffusers_name = "minisd UNet (diffusion_mnist)", "diffusers UNet2DModel"
+    candidates = [(minisd_name, minisd_step, True, None)]
     if args.compile:
-        candidates.append(("minisd UNet, torch.compile", partial(minisd_step, compiled=True), True, 0))
+        candidates.append(("minisd UNet, torch.compile", partial(minisd_step, compiled=True), True, minisd_name))
     try:
         import diffusers  # noqa: F401
-        candidates.append(("diffusers UNet2DModel", diffusers_step, False, None))
+        candidates.append((diffusers_name, diffusers_step, False, None))
         candidates.append(("diffusers UNet2DModel, channels-last + fused AdamW",
                            partial(diffusers_step, loop_settings=True), False, None))
         if args.compile:
             candidates.append(("diffusers UNet2DModel, torch.compile", partial(diffusers_step, compiled=True), False,
-                               len(candidates) - 2))
+                               diffusers_name))
     except ImportError:
         print("(diffusers is not installed: pip install diffusers to compare)")
-    models = []
+    models = {}
     for name, build, ours, flops_of in candidates:
         step, parameters = build(args.batch_size)
-        flops = models[flops_of]["flops"] if flops_of is not None else training_flops(step)
+        flops = models[flops_of]["flops"] if flops_of else training_flops(step)
         start = time.perf_counter()
         step()  # warm-up; under torch.compile, the compilation
-        if flops_of is not None:
+        if flops_of:
             print(f"{name}: compiled in {time.perf_counter() - start:.1f} s (the first step)")
-        models.append({"name": name, "step": step, "parameters": parameters, "flops": flops, "ours": ours,
-                       "rounds": []})
+        models[name] = {"name": name, "step": step, "parameters": parameters, "flops": flops, "ours": ours,
+                        "rounds": []}
+    models = list(models.values())
     rates = []
     for _ in range(args.rounds):
         rates.append(matmul_flops_per_second())

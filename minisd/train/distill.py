@@ -58,20 +58,6 @@ def load_teacher(name: str):
     raise ConfigError(f"distill.teacher {name!r} is not a text-to-image model folder or run")
 
 
-def _check_init_from_teacher(teacher, unet_settings: dict[str, Any]) -> None:
-    """Refuse, before any work, a student UNet that the teacher's weights cannot start
-    (``distill.init_from_teacher``)."""
-    from minisd.models.diffusion import DiffusionModel
-
-    with torch.random.fork_rng():  # a throwaway student: the real one is drawn later from the run's seed
-        student = DiffusionModel(**unet_settings)
-    try:
-        student.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
-    except RuntimeError:
-        raise ConfigError("distill.init_from_teacher needs the student's UNet built as the teacher's (the same "
-                          "channels, levels and attention); change [student.model.unet] or set it false") from None
-
-
 def _pairs(teacher, settings: DistillConfig, folder: Path, captions: list[str], progress: bool) -> dict[str, Any]:
     """The pairs, made chunk by chunk into ``folder`` (each chunk written whole, then renamed) or read back."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,12 +115,26 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
                           f"or choose another --out")
     student = student_config(config)
-    with torch.random.fork_rng():  # loading draws initial weights; the run's random numbers stay as they were
-        teacher = load_teacher(settings.teacher)  # a bad teacher, or a student it cannot start, before any work
+    config_ = train_config(student)
+    # The teacher and the student first, so that a bad teacher, or a student the teacher cannot start, is refused
+    # before any work. The student is drawn from the run's seed; what follows draws from seeds of its own (the
+    # captions, the pairs' noise, every training step), so the order changes no number.
+    teacher = load_teacher(settings.teacher)
     unet_settings = {**student["model"].get("unet", {}), "image_shape": list(teacher.autoencoder.latent_shape),
                      "context_dim": teacher.text_encoder.hparams["text_dim"]}
+    options = {k: v for k, v in student["model"].items() if k not in ("type", "unet")}
+    torch.manual_seed(config_.seed)
+    student_class = ConsistencyStudent if settings.method == "consistency" else LatentDiffusion
+    model = student_class.from_parts(teacher.autoencoder, teacher.text_encoder, DiffusionModel(**unet_settings),
+                                     **options)
+    if settings.method == "consistency":
+        model.distil_from(teacher, settings.guidance_scale, settings.steps)
     if settings.init_from_teacher and (overwrite or find_checkpoint(run_dir / "student") is None):
-        _check_init_from_teacher(teacher, unet_settings)
+        try:
+            model.diffusion.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
+        except RuntimeError:
+            raise ConfigError("distill.init_from_teacher needs the student's UNet built as the teacher's (the same "
+                              "channels, levels and attention); change [student.model.unet] or set it false") from None
     if overwrite and run_dir.is_dir():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,6 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         write_timings(run_dir, timings)
 
     train_set = load_captioned_split(student["data"], "train", data_dir)
-    config_ = train_config(student)
     if settings.method == "reflow":
         with torch.random.fork_rng():  # each image's caption words drawn from the run's seed: the same run after run
             torch.manual_seed(config_.seed)
@@ -156,15 +155,6 @@ def train_distilled(config: dict[str, Any], run_dir: str | os.PathLike, *, data_
         started = time.perf_counter()
         train_set = PairDataset(_pairs(teacher, settings, run_dir / PAIRS_DIR, captions, progress), train_set.name)
         timed("pairs", started)
-    options = {k: v for k, v in student["model"].items() if k not in ("type", "unet")}
-    torch.manual_seed(config_.seed)
-    student_class = ConsistencyStudent if settings.method == "consistency" else LatentDiffusion
-    model = student_class.from_parts(teacher.autoencoder, teacher.text_encoder, DiffusionModel(**unet_settings),
-                                     **options)
-    if settings.method == "consistency":
-        model.distil_from(teacher, settings.guidance_scale, settings.steps)
-    if settings.init_from_teacher and find_checkpoint(run_dir / "student") is None:
-        model.diffusion.denoiser.network.load_state_dict(teacher.diffusion.denoiser.network.state_dict())
     started = time.perf_counter()
     train(model, train_set, config_, run_dir / "student",
           run_config={"data": student["data"], "model": student["model"]},
